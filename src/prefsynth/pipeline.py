@@ -1,0 +1,156 @@
+"""The whole build, in order: collect -> prompts -> generate -> judge -> build -> write -> publish.
+
+`run` is the only place that sequences the stages. The Prefect flow passes `step=` to turn each stage into a
+Prefect task; the CLI runs it as plain function calls. Either way the same code runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefsynth import build as build_mod
+from prefsynth.build import BuildConfig
+from prefsynth.card import WriteResult, package_versions, write_dataset
+from prefsynth.collect import CollectConfig, Titles, collect
+from prefsynth.config import opt, to_dict
+from prefsynth.errors import UserError
+from prefsynth.fsutil import FileLock, check_writable_dir
+from prefsynth.generate import GenerateConfig, Generations, cache_root, generate
+from prefsynth.judge import JudgeConfig, Judged, judge
+from prefsynth.prompts import PromptConfig, Templates
+from prefsynth.publish import PublishConfig, publish
+
+Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
+
+
+def plain_step(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    return fn
+
+
+@dataclass
+class PipelineConfig:
+    name: str = opt("reviewer2", "dataset name shown in the card")
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+
+@dataclass
+class Summary:
+    out: str
+    changed: bool
+    version: int
+    rows: dict
+    dropped: dict
+    stats: dict
+    published: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        g = self.stats.get("generate", {})
+        b = self.stats.get("build", {})
+        out = [f"dataset v{self.version} at {self.out}" + ("" if self.changed else " (unchanged: nothing written)")]
+        for config, splits in self.rows.items():
+            out.append(f"  {config}: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
+        out.append(f"  pairs: {b.get('pairs_generated')} generated, {b.get('pairs_kept')} kept"
+                   + (f"; dropped by filter: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
+                      if any(self.dropped.values()) else ""))
+        if "noise_rate_before" in b:
+            out.append(f"  label noise: {b['noise_rate_before']:.1%} before filtering -> "
+                       f"{b['noise_rate_after']:.1%} kept (judges agree on {b['judge_agreement']:.1%})")
+        out.append(f"  reviews: {g.get('generated', 0):.0f} generated, {g.get('reused', 0):.0f} from cache; "
+                   f"{g.get('completion_tokens', 0):.0f} tokens at {g.get('tokens_per_second', 0):.1f} tok/s")
+        for p in self.published:
+            out.append(f"  published {p['repo_id']}@{p['revision'][:12]}"
+                       + (f" ({p['tag']})" if p.get("tag") else "") + ("" if p.get("committed") else " unchanged"))
+        out.append(f"  wall time {self.wall_seconds:.1f}s")
+        return out
+
+
+def reproduce_command(cfg: PipelineConfig) -> str:
+    """The CLI call that rebuilds this dataset: every setting that differs from the defaults."""
+    flat_default = _flatten(to_dict(PipelineConfig()))
+    flat = _flatten(to_dict(cfg))
+    args = ["prefsynth", "build"]
+    for k, v in flat.items():
+        if k.startswith("publish.") or v == flat_default.get(k):
+            continue
+        args += [f"--{k}", str(v) if v is not None else "none"]
+    return shlex.join(args)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def provenance(cfg: PipelineConfig, titles: Titles, templates: Templates, gens: Generations) -> dict:
+    from prefsynth.generate import resolve_dtype
+
+    return {
+        "name": cfg.name, "model": gens.model.name, "model_fingerprint": gens.model.fingerprint,
+        "backend": ",".join(sorted(set(gens.rows.get_column("backend").to_list()))) if gens.rows.height else "",
+        "dtype": resolve_dtype(cfg.generate.dtype), "template_hash": templates.hash,
+        "sampling": cfg.generate.sampling(), "titles_source": _display_source(cfg.collect.source),
+        "n": len(titles.titles), "collect_seed": cfg.collect.seed, "chosen": cfg.build.chosen,
+        "license": cfg.build.license, "command": reproduce_command(cfg), "argv": shlex.join(sys.argv[1:]),
+        "packages": package_versions(), "config": {k: v for k, v in to_dict(cfg).items() if k != "publish"},
+    }
+
+
+def _display_source(source: str) -> str:
+    from prefsynth.collect import DEFAULT_TITLES
+
+    return "default titles (data/titles.txt)" if Path(source) == DEFAULT_TITLES else source
+
+
+def _write(built, cfg: PipelineConfig, prov: dict, splits: dict[str, str], plots: dict[str, bytes]) -> WriteResult:
+    return write_dataset(cfg.build.out, built, prov, splits, cfg.build.lock_timeout, plots)
+
+
+def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
+    t0 = time.time()
+    out = check_writable_dir(cfg.build.out, "output")
+    if cfg.publish.repo_id:
+        cfg.publish.validate()  # a bad repo id should fail before an hour of generation, not after
+    templates = step(lambda c: Templates(c), "prompts")(cfg.prompts)
+    titles = step(collect, "collect")(cfg.collect)
+    # One build per cache at a time: two runs would otherwise generate the same missing reviews twice.
+    with FileLock(cache_root(cfg.generate) / ".lock", timeout=cfg.build.lock_timeout,
+                  what=f"generation cache {cache_root(cfg.generate)}"):
+        gens = step(generate, "generate")(titles.titles, templates, cfg.generate)
+        judged: Judged | None = step(judge, "judge")(gens, templates, cfg.judge, cfg.generate) \
+            if cfg.judge.enabled else None
+    previous = build_mod.read_previous_splits(out)
+    built = step(build_mod.build, "build")(gens.rows, titles.titles, templates, cfg.build,
+                                           judged.scores if judged else None, previous)
+    splits = build_mod.assign_splits(titles.titles, cfg.build, previous)
+    plots = {}
+    if judged is not None:
+        from prefsynth.plots import judge_histogram
+
+        plots["judge_scores.png"] = judge_histogram(gens.rows, judged.scores, cfg.build.chosen)
+    prov = provenance(cfg, titles, templates, gens)
+    written = step(_write, "write")(built, cfg, prov, splits, plots)
+    published = []
+    if cfg.publish.repo_id:
+        published = [to_dict(r) for r in step(publish, "publish")(written.out, cfg.publish)]
+    stats = {"collect": titles.stats, "generate": gens.stats, "build": built.stats}
+    if judged is not None:
+        stats["judge"] = judged.stats
+    return Summary(str(written.out), written.changed, written.version, built.stats["rows"],
+                   built.stats["dropped"], stats, published, round(time.time() - t0, 2))

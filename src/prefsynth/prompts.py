@@ -1,0 +1,93 @@
+"""Stage 2, prompts: Jinja2 templates from `prompts/`, rendered in a sandbox.
+
+Titles and reviews are passed as variables, so `{{ 7*7 }}` inside a title is printed, never evaluated. The template
+set is hashed (every file in the folder, names included) and the hash goes into every cache key and the card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from prefsynth.config import opt
+from prefsynth.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = ROOT / "prompts"
+
+# template name -> variables it must use (and the only ones it may use besides its own imports)
+REQUIRED = {
+    "negative": {"title"},
+    "positive": {"title"},
+    "dataset": {"title"},
+    "judge": {"review"},
+}
+POLARITIES = ("negative", "positive")
+
+
+@dataclass
+class PromptConfig:
+    dir: Path = opt(DEFAULT_DIR, "folder holding negative.j2, positive.j2, dataset.j2 and judge.j2",
+                    alias="prompts")
+
+
+class Templates:
+    """The loaded, validated template set."""
+
+    def __init__(self, cfg: PromptConfig):
+        folder = Path(cfg.dir).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"prompt folder {folder} does not exist")
+        self.dir = folder
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined, autoescape=False,
+            keep_trailing_newline=False,
+        )
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".j2")
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+        self.hash = h.hexdigest()[:16]
+        self._compiled: dict[str, jinja2.Template] = {}
+        for name, required in REQUIRED.items():
+            path = folder / f"{name}.j2"
+            if not path.is_file():
+                raise UserError(f"prompt template {path} is missing")
+            try:
+                source = path.read_text(encoding="utf-8")
+                ast = self.env.parse(source, name=path.name)
+                self._compiled[name] = self.env.get_template(path.name)
+            except jinja2.TemplateSyntaxError as e:
+                raise UserError(f"prompt template {e.filename or path.name}:{e.lineno}: {e.message}") from None
+            except UnicodeDecodeError:
+                raise UserError(f"prompt template {path} is not UTF-8") from None
+            used = meta.find_undeclared_variables(ast)
+            if missing := required - used:
+                raise UserError(f"prompt template {path.name} must use {{{{ {sorted(missing)[0]} }}}}")
+            if unknown := used - required:
+                raise UserError(f"prompt template {path.name} uses unknown variable {sorted(unknown)[0]!r} "
+                                f"(available: {', '.join(sorted(required))})")
+
+    def render(self, name: str, **variables: str) -> str:
+        try:
+            return self._compiled[name].render(**variables).strip()
+        except jinja2.TemplateError as e:  # e.g. an imported macro with an error
+            raise UserError(f"prompt template {name}.j2 failed to render: {e}") from None
+
+    def generation(self, title: str, polarity: str) -> str:
+        return self.render(polarity, title=title)
+
+    def dataset(self, title: str) -> str:
+        return self.render("dataset", title=title)
+
+    def judge(self, review: str) -> str:
+        return self.render("judge", review=review)
+
+
+def load(cfg: PromptConfig | None = None) -> Templates:
+    return Templates(cfg or PromptConfig())

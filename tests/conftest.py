@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated environment per test session and a tiny model built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Keep every test off the network and out of the user's own caches. These must be set before huggingface_hub,
+# datasets or prefect are imported anywhere, so they live at module import time.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="prefsynth-tests-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
+os.environ["HF_DATASETS_CACHE"] = str(_SESSION_TMP / "hf" / "datasets")
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_TMP / "prefect" / "results")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+TITLES_FILE = ROOT / "data" / "titles.txt"
+SHARED_TITLES = ROOT.parent / "shared" / "data" / "neurips2023_titles.txt"
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def tiny_model(session_tmp: Path) -> Path:
+    from tiny_model import build_tiny_model
+
+    path = session_tmp / "tiny-llama"
+    if not (path / "model.safetensors").exists():
+        build_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundled_model() -> Path:
+    """The real SmolLM2-135M-Instruct folder that `make install` converts; integration tests need it."""
+    from prefsynth.model import bundled_model_dir
+
+    path = bundled_model_dir()
+    if not (path / "config.json").exists():
+        pytest.skip("bundled model not converted: run `make install`")
+    return path
