@@ -54,3 +54,15 @@ def bundled_model() -> Path:
     if not (path / "config.json").exists():
         pytest.skip("bundled model not converted: run `make install`")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_engines():
+    """Shut vLLM engines down while pytest's output streams are still open (their atexit hooks log)."""
+    yield
+    import logging
+
+    from prefsynth.generate import close_backends
+
+    close_backends()
+    logging.getLogger("vllm").disabled = True

@@ -16,6 +16,7 @@ from typing import Literal
 import polars as pl
 
 from prefsynth.config import opt
+from prefsynth.errors import UserError
 from prefsynth.prompts import Templates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,61 +72,78 @@ def _trim_to_sentence(col: pl.Expr) -> pl.Expr:
     return col.str.extract(rf"(?s)^(.*{_SENTENCE_END})", 1).fill_null("").str.strip_chars()
 
 
-def _ngram_repeat_share(df: pl.DataFrame, text_col: str) -> pl.Series:
-    """Vectorised: explode words, form 3-grams with shifts inside each row, count duplicates per row."""
-    words = (df.select(pl.int_range(pl.len()).alias("_row"),
-                       pl.col(text_col).str.to_lowercase().str.extract_all(r"\w+").alias("_w"))
+def _ngram_repeat_share(texts: pl.Series) -> pl.Series:
+    """Share of word 3-grams in each text that repeat an earlier 3-gram of the same text (0 = none)."""
+    n = len(texts)
+    words = (pl.DataFrame({"_row": pl.int_range(n, eager=True), "_w": texts.str.to_lowercase().str.extract_all(r"\w+")})
              .explode("_w").drop_nulls("_w"))
-    grams = (words.with_columns(
-        (pl.col("_w") + " " + pl.col("_w").shift(-1).over("_row") + " " + pl.col("_w").shift(-2).over("_row"))
-        .alias("_g")).drop_nulls("_g"))
-    per_row = grams.group_by("_row").agg(
-        (1 - pl.col("_g").n_unique() / pl.len()).alias("_share"))
-    return (pl.DataFrame({"_row": pl.int_range(df.height, eager=True)})
-            .join(per_row, on="_row", how="left").sort("_row")
-            .get_column("_share").fill_null(0.0))
+    same = pl.col("_row").shift(-2) == pl.col("_row")
+    grams = words.select("_row", pl.when(same).then(pl.col("_w") + " " + pl.col("_w").shift(-1) + " "
+                                                    + pl.col("_w").shift(-2)).alias("_g")).drop_nulls("_g")
+    per_row = grams.group_by("_row").agg((1 - pl.col("_g").n_unique() / pl.len()).alias("_share"))
+    return (pl.DataFrame({"_row": pl.int_range(n, eager=True)}).join(per_row, on="_row", how="left")
+            .sort("_row").get_column("_share").fill_null(0.0))
 
 
-_MINHASH_PERMS = 32
-_SHINGLE = 5
+_MINHASH_PERMS = 16
+_BANDS = 4  # 4 bands x 4 rows: pairs at Jaccard 0.8 become candidates with probability ~0.98
+_MAX_BUCKET = 64  # compare a row with at most this many earlier rows of one bucket (exact copies are removed first)
 
 
-def _near_duplicate_of_earlier(df: pl.DataFrame, text_col: str, threshold: float) -> pl.Series:
-    """True for rows whose MinHash-estimated 5-char-shingle Jaccard with an earlier row reaches `threshold`.
+def _near_duplicate_of_earlier(texts: pl.Series, threshold: float) -> pl.Series:
+    """True for rows whose word-3-gram Jaccard similarity with an earlier row reaches `threshold`.
 
-    Banded LSH (8 bands x 4 rows) proposes candidate pairs inside polars; candidates are confirmed on the full
-    32-permutation signature. Exact duplicates are handled separately; this catches reworded copies.
+    MinHash signatures are computed in numpy over all 3-grams at once (multiply-shift hashing, one pass per
+    permutation); banded LSH proposes candidate pairs; each candidate is then confirmed with the exact Jaccard, so
+    the estimate's noise never decides a drop. Exact duplicates are the `duplicate` filter's job.
     """
-    if threshold >= 1.0 or df.height < 2:
-        return pl.Series([False] * df.height)
-    mask = (1 << 61) - 1
-    text = pl.col(text_col).str.to_lowercase().str.replace_all(r"\s+", " ")
-    shingles = (df.select(pl.int_range(pl.len()).alias("_row"), text.alias("_t"))
-                .with_columns(pl.int_ranges(0, (pl.col("_t").str.len_chars().cast(pl.Int64) - _SHINGLE + 1).clip(1)).alias("_i"))
-                .explode("_i")
-                .with_columns(pl.col("_t").str.slice(pl.col("_i"), _SHINGLE).hash(seed=7).alias("_h"))
-                .select("_row", "_h"))
-    sig_cols = []
-    for k in range(_MINHASH_PERMS):
-        a, b = 0x9E3779B97F4A7C15 * (k + 1) & mask, 0xC2B2AE3D27D4EB4F * (k + 3) & mask
-        sig_cols.append(((pl.col("_h").cast(pl.UInt64) * a + b) & mask).min().alias(f"m{k}"))
-    sig = shingles.group_by("_row").agg(sig_cols).sort("_row")
-    rows_per_band = 4
-    cands = []
-    for band in range(_MINHASH_PERMS // rows_per_band):
-        cols = [f"m{band * rows_per_band + j}" for j in range(rows_per_band)]
-        b = sig.select("_row", pl.concat_str([pl.col(c).cast(pl.Utf8) for c in cols], separator=":").alias("_b"))
-        pairs = b.join(b, on="_b", suffix="_r").filter(pl.col("_row_r") < pl.col("_row"))
-        cands.append(pairs.select("_row", "_row_r"))
-    cand = pl.concat(cands).unique()
-    if cand.height == 0:
-        return pl.Series([False] * df.height)
-    left = cand.join(sig, on="_row").join(sig, left_on="_row_r", right_on="_row", suffix="_o")
-    same = pl.sum_horizontal([(pl.col(f"m{k}") == pl.col(f"m{k}_o")).cast(pl.Int32) for k in range(_MINHASH_PERMS)])
-    hits = left.filter(same / _MINHASH_PERMS >= threshold).select("_row").unique()
-    return (pl.DataFrame({"_row": pl.int_range(df.height, eager=True)})
-            .join(hits.with_columns(pl.lit(True).alias("_dup")), on="_row", how="left")
-            .sort("_row").get_column("_dup").fill_null(False))
+    import numpy as np
+
+    n = len(texts)
+    flags = np.zeros(n, dtype=bool)
+    if threshold >= 1.0 or n < 2:
+        return pl.Series(flags)
+    words = (pl.DataFrame({"_row": np.arange(n), "_w": texts.str.to_lowercase().str.extract_all(r"\w+")})
+             .explode("_w").drop_nulls("_w"))
+    # Global shifts, masked where the row changes: much cheaper than shift().over("_row").
+    same = (pl.col("_row").shift(-2) == pl.col("_row"))
+    grams = (words.with_columns(pl.when(same).then(pl.col("_w") + " " + pl.col("_w").shift(-1) + " "
+                                                   + pl.col("_w").shift(-2)).alias("_g"))
+             .drop_nulls("_g"))
+    if grams.height == 0:
+        return pl.Series(flags)
+    rows = grams.get_column("_row").to_numpy()
+    h = grams.get_column("_g").hash(seed=11).to_numpy()
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    row_ids = rows[starts]
+    rng = np.random.default_rng(12345)
+    mult = rng.integers(1, 2**63, size=_MINHASH_PERMS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    add = rng.integers(0, 2**63, size=_MINHASH_PERMS, dtype=np.uint64)
+    sig = np.empty((len(row_ids), _MINHASH_PERMS), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(_MINHASH_PERMS):
+            sig[:, k] = np.minimum.reduceat((h * mult[k] + add[k]) >> np.uint64(32), starts)
+    per = _MINHASH_PERMS // _BANDS
+    bands = pl.concat([
+        pl.DataFrame({"_row": row_ids, "_band": np.full(len(row_ids), b),
+                      "_key": pl.DataFrame(sig[:, b * per:(b + 1) * per]).hash_rows(seed=b)})
+        for b in range(_BANDS)])
+    buckets = (bands.group_by("_band", "_key").agg(pl.col("_row").sort().head(_MAX_BUCKET))
+               .filter(pl.col("_row").list.len() > 1).get_column("_row").to_list())
+    candidates = {(r[j], r[i]) for r in buckets for i in range(1, len(r)) for j in range(i)}  # (earlier, later)
+    if not candidates:
+        return pl.Series(flags)
+    needed = sorted({x for pair in candidates for x in pair})
+    gram_sets = dict(zip(needed, (set(g) for g in grams.filter(pl.col("_row").is_in(needed))
+                                  .group_by("_row", maintain_order=True).agg("_g")
+                                  .sort("_row").get_column("_g").to_list())))
+    for earlier, later in candidates:
+        if flags[later]:
+            continue
+        a, b = gram_sets[earlier], gram_sets[later]
+        if len(a & b) / len(a | b) >= threshold:
+            flags[later] = True
+    return pl.Series(flags)
 
 
 def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
@@ -147,16 +165,15 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
         echo = echo | pl.col("review").str.contains(p, literal=True)
     df = df.with_columns(echo.alias("bad_echo"))
     df = df.with_columns(
-        pl.Series("repeat_share", _ngram_repeat_share(df, "review")).cast(pl.Float32),
+        pl.Series("repeat_share", _ngram_repeat_share(df.get_column("review"))).cast(pl.Float32),
     ).with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
     df = df.with_columns((truncated & (cfg.truncated == "drop")).alias("bad_truncated"))
     # Duplicates across titles: the first occurrence (in a deterministic order) stays.
     df = df.sort("title", "polarity")
     norm = pl.col("review").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
     df = df.with_columns(norm.is_duplicated().and_(norm.is_first_distinct().not_()).alias("bad_duplicate"))
-    df = df.with_columns(
-        pl.Series("bad_near_duplicate", _near_duplicate_of_earlier(df, "review", cfg.near_duplicate))
-        & ~pl.col("bad_duplicate"))
+    near = _near_duplicate_of_earlier(df.get_column("review"), cfg.near_duplicate)
+    df = df.with_columns((pl.Series("bad_near_duplicate", near) & ~pl.col("bad_duplicate")))
     bad_cols = [c for c in df.columns if c.startswith("bad_")]
     return df.with_columns(pl.any_horizontal(bad_cols).alias("bad"))
 
@@ -198,7 +215,7 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     rejected_pol = "positive" if cfg.chosen == "negative" else "negative"
     splits = assign_splits(titles, cfg, previous_splits)
     split_df = pl.DataFrame({"title": list(splits), "split": list(splits.values())})
-    prompts = pl.DataFrame({"title": titles, "prompt_text": [templates.dataset(t) for t in titles]})
+    prompts = pl.DataFrame({"title": titles, "prompt_text": templates.render_many("dataset", titles)})
 
     keep_cols = ["title", "key", "review", "finish_reason", "completion_tokens", "truncated", "repeat_share",
                  "bad"] + [c for c in flagged.columns if c.startswith("bad_")]
@@ -236,6 +253,10 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     stats["pairs_dropped"] = int(pairs.get_column("_drop").sum())
     kept = pairs.filter(~pl.col("_drop")).sort("title")
     stats["pairs_kept"] = kept.height
+    if kept.height == 0:
+        hits = ", ".join(f"{k} {v}" for k, v in drops.items() if v)
+        raise UserError(f"all {pairs.height} pairs were dropped by the filters ({hits}); nothing written. "
+                        f"Loosen them (see `prefsynth build --help`, build.*) or check the model's output")
 
     if cfg.conversational:
         prompt_expr, chosen_expr, rejected_expr = (

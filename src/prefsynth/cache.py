@@ -90,9 +90,23 @@ class Store:
         return self.dir / name
 
     def sweep(self) -> None:
-        """Remove temporary files left by writers that died mid-write (they were never valid shards)."""
-        if self.dir.is_dir():
-            for p in self.dir.glob(".incoming-*"):
+        """Remove temporary files left by writers that died mid-write (they were never valid shards).
+        A live writer's files are left alone: the pid is part of every temporary name."""
+        if not self.dir.is_dir():
+            return
+        for p in [*self.dir.glob(".incoming-*"), *self.dir.glob("*.tmp-*")]:
+            pid = p.name.split(".tmp-")[-1] if ".tmp-" in p.name else p.name.split("-")[1]
+            if not (pid.isdigit() and _alive(int(pid))):
                 p.unlink(missing_ok=True)
-            for p in self.dir.glob("*.tmp-*"):
-                p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -61,7 +61,9 @@ def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, s
         blobs: dict[str, bytes] = {}
         for config, frames in built.frames.items():
             for split in SPLITS:
-                blobs[f"{config}/{split}.parquet"] = parquet_bytes(frames[split])
+                # An empty split is left out (file and card): `datasets` refuses a split with no rows.
+                if frames[split].height:
+                    blobs[f"{config}/{split}.parquet"] = parquet_bytes(frames[split])
         files = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
         old_configs = old.get("configs", {})
         changed_configs = [c for c in built.frames
@@ -90,6 +92,9 @@ def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, s
                     "built": now,
                 }
         with atomic_dir(out, keep=True) as tmp:
+            for c in changed_configs:  # files of a split that is now empty must not linger
+                for split in SPLITS:
+                    (tmp / c / f"{split}.parquet").unlink(missing_ok=True)
             for rel, data in blobs.items():
                 if rel.split("/")[0] in changed_configs or rel.split("/")[0] not in old_configs:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +130,8 @@ def render_card(manifest: dict, folder: Path, license: str) -> str:
     for name in sorted(configs):
         lines += [f"- config_name: {name}", "  data_files:"]
         for split in SPLITS:
-            lines += [f"  - split: {split}", f"    path: {name}/{split}.parquet"]
+            if configs[name]["rows"][split]:
+                lines += [f"  - split: {split}", f"    path: {name}/{split}.parquet"]
     lines += ["---", ""]
     any_prov = next(iter(configs.values()))["provenance"]
     lines += [f"# {any_prov.get('name', folder.name)}", "",

@@ -14,9 +14,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; for a UserError the one-line message is the whole
+    story, so drop the traceback (the record itself, with the message, still goes out)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefsynth.errors import UserError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.getMessage().splitlines()[0]} {exc}"
+            record.args = ()
+        return True
+
+
+def hide_user_error_tracebacks() -> None:
+    """Attach the filter to every handler that exists now (Prefect configures its handlers at import)."""
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)
+                                       if n.startswith("prefect")]
+    for lg in loggers:
+        for h in getattr(lg, "handlers", []):
+            if not any(isinstance(f, _NoUserErrorTraceback) for f in h.filters):
+                h.addFilter(_NoUserErrorTraceback())
+
+
 def quiet_libraries() -> None:
     """vLLM, transformers and datasets log a lot at INFO; our own progress bars and summary say what matters."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -24,6 +50,8 @@ def quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if "prefect" in sys.modules:
+        hide_user_error_tracebacks()
 
 
 def _print_summary(summary) -> None:
@@ -61,6 +89,42 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge_eval(args: argparse.Namespace) -> int:
+    """Accuracy of each polarity judge on the bundled evaluation set (reviews with known labels)."""
+    from prefsynth.config import parse_into
+    from prefsynth.generate import GenerateConfig, close_backends, get_backend
+    from prefsynth.judge import EVAL_SET, JudgeConfig, evaluate, load_eval_set
+    from prefsynth.model import resolve_model
+    from prefsynth.prompts import PromptConfig, Templates
+
+    gen = GenerateConfig(model=args.model, backend=args.backend)
+    rows = load_eval_set(Path(args.set or EVAL_SET))
+    try:
+        backend = get_backend(resolve_model(gen.model), gen) if args.backend != "none" else None
+        report = evaluate(rows, backend, Templates(PromptConfig()), parse_into(JudgeConfig, args))
+    finally:
+        close_backends()
+    kinds = sorted(next(iter(report["by_kind"].values())))
+    print(f"judge accuracy on {report['n']} reviews ({report['negative']} negative), model {gen.model}; "
+          f"undecided scores (exactly 0.5) count as half right")
+    print(f"{'judge':10} {'all':>6} " + " ".join(f"{k:>9}" for k in kinds) + f" {'undecided':>9}")
+    for name, a in report["accuracy"].items():
+        print(f"{name:10} {a:6.3f} " + " ".join(f"{report['by_kind'][name][k]:9.3f}" for k in kinds)
+              + f" {report['undecided'][name]:9d}")
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prefsynth.config import parse_into
+    from prefsynth.train import TrainConfig, train
+
+    for line in train(parse_into(TrainConfig, args)).lines():
+        print(line, flush=True)
+    return 0
+
+
 def _stage_parser(sub, name: str, help: str, cls: type | None, fn: Callable[[argparse.Namespace], int]):
     from prefsynth.config import add_arguments
 
@@ -84,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "publish", "upload a dataset folder to the Hugging Face Hub in one commit",
                       PublishConfig, cmd_publish)
     p.add_argument("--out", dest="out_dir", required=True, help="dataset folder written by `prefsynth build`")
+    p = _stage_parser(sub, "judge-eval", "accuracy of each polarity judge on reviews with known labels",
+                      None, cmd_judge_eval)
+    p.add_argument("--model", default="bundled", help="model for the LLM judge (default: the bundled model)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto", "none"],
+                   help="none: lexicon only")
+    p.add_argument("--set", default=None, help="a jsonl of {review, label, kind} (default: tests/data/judge_eval.jsonl)")
+    p.add_argument("--json", action="store_true", help="also print the full report as JSON")
+    from prefsynth.config import add_arguments
+    from prefsynth.judge import JudgeConfig
+
+    add_arguments(p, JudgeConfig)
+    from prefsynth.train import TrainConfig
+
+    _stage_parser(sub, "train", "train a LoRA adapter with TRL (DPO on paired, KTO on unpaired) and evaluate it",
+                  TrainConfig, cmd_train)
     for extra in _EXTRA_COMMANDS:
         extra(sub)
     return parser

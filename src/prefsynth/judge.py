@@ -12,6 +12,7 @@ Both are cached by (review key, judge fingerprint) like generations, so reruns n
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class JudgeConfig:
     llm: bool = opt(True, "use the LLM judge (label-word log-probabilities on the generating model)")
     lexicon: bool = opt(True, "use the VADER lexicon judge")
     llm_weight: float = opt(0.5, "weight of the LLM judge in the combined score (lexicon gets the rest)")
+    calibrate: bool = opt(True, "remove the LLM judge's label prior, measured on content-free reviews")
 
 
 @dataclass
@@ -64,18 +66,45 @@ def _logsumexp(xs: list[float]) -> float:
     return m if m == float("-inf") else m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def llm_scores(backend, templates: Templates, reviews: list[str]) -> list[float]:
+# Content-free inputs for calibration ("Calibrate Before Use", Zhao et al. 2021): a small model prefers one label
+# word whatever the review says; its log-odds on reviews that say nothing is that prior, and we subtract it.
+CONTENT_FREE = ("N/A", "", "[review]")
+
+
+def _log_odds(lps: list[float], n_neg: int) -> float:
+    """log P(negative words) - log P(positive words), clipped so that -inf on one side stays finite."""
+    ln, lp = _logsumexp(lps[:n_neg]), _logsumexp(lps[n_neg:])
+    if ln == lp == float("-inf"):
+        return 0.0
+    return max(-50.0, min(50.0, ln - lp))
+
+
+def llm_scores(backend, templates: Templates, reviews: list[str], calibrate: bool = True) -> list[float]:
     neg, pos = label_token_ids(backend.tokenizer)
     if not neg or not pos:
         return [0.5] * len(reviews)
-    prompts = [backend.chat(templates.judge(r)) for r in reviews]
-    rows = backend.label_logprobs(prompts, neg + pos)
-    out = []
-    for lps in rows:
-        ln, lp = _logsumexp(lps[:len(neg)]), _logsumexp(lps[len(neg):])
-        out.append(0.5 if ln == lp == float("-inf") else 1.0 / (1.0 + math.exp(min(lp - ln, 700.0))))
-    return out
+    probes = list(CONTENT_FREE) if calibrate else []
+    prompts = [backend.chat(templates.judge(r)) for r in [*probes, *reviews]]
+    odds = [_log_odds(lps, len(neg)) for lps in backend.label_logprobs(prompts, neg + pos)]
+    bias = sum(odds[:len(probes)]) / len(probes) if probes else 0.0
+    return [1.0 / (1.0 + math.exp(-(o - bias))) for o in odds[len(probes):]]
 
+
+# Peer-review vocabulary VADER lacks or reads in its everyday sense ("rigorous" is -1.1 there: harsh; in a review it
+# is praise). Written for prefsynth from common reviewing language; VADER's scale is -4..+4.
+REVIEW_LEXICON = {
+    "unconvincing": -2.0, "incremental": -1.2, "marginal": -1.5, "marginally": -0.8, "lacks": -1.5,
+    "lacking": -1.5, "unjustified": -2.0, "insufficient": -1.8, "underwhelming": -2.0, "sloppy": -2.0,
+    "shallow": -1.5, "unoriginal": -2.0, "outdated": -1.5, "poorly": -1.8, "superficial": -1.5, "contrived": -1.5,
+    "inconclusive": -1.5, "derivative": -1.5, "overclaims": -2.0, "overclaim": -2.0, "overstated": -1.8,
+    "handwavy": -1.8, "hand-wavy": -1.8, "unsubstantiated": -2.0, "irreproducible": -2.0, "unreproducible": -2.0,
+    "cherry-picked": -2.0, "flimsy": -1.8, "muddled": -1.6, "convoluted": -1.5, "unclear": -1.3, "vague": -1.2,
+    "trivial": -1.3, "reject": -2.2, "rejection": -2.0, "weak": -1.9, "insignificant": -1.8, "unmotivated": -1.6,
+    "rigorous": 1.8, "thorough": 1.8, "thoroughly": 1.5, "insightful": 2.2, "well-written": 2.0,
+    "well-motivated": 1.8, "principled": 1.5, "sound": 1.2, "impactful": 2.0, "reproducible": 1.2,
+    "compelling": 2.0, "solid": 1.5, "novel": 1.5, "convincing": 1.8, "accept": 2.0, "elegant": 2.1,
+    "significant": 1.2, "state-of-the-art": 1.2, "careful": 1.2, "carefully": 1.2, "clarity": 1.5,
+}
 
 _VADER = None
 
@@ -86,6 +115,7 @@ def lexicon_scores(reviews: list[str]) -> list[float]:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         _VADER = SentimentIntensityAnalyzer()
+        _VADER.lexicon.update(REVIEW_LEXICON)
     return [(1.0 - _VADER.polarity_scores(r)["compound"]) / 2.0 for r in reviews]
 
 
@@ -98,7 +128,8 @@ def combine(llm: pl.Expr, lex: pl.Expr, cfg: JudgeConfig) -> pl.Expr:
 def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: GenerateConfig) -> Judged:
     t0 = time.time()
     fingerprint = make_key(model=gens.model.fingerprint, templates=templates.hash, llm=cfg.llm, lexicon=cfg.lexicon,
-                           words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=gen_cfg.system_prompt)
+                           words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=gen_cfg.system_prompt,
+                           calibrate=[cfg.calibrate, CONTENT_FREE])
     store = Store(cache_root(gen_cfg), "judgements", JUDGE_SCHEMA)
     keys = gens.rows.get_column("key").to_list()
     texts = gens.rows.get_column("text").str.strip_chars().to_list()
@@ -113,7 +144,7 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
         llm = [float("nan")] * len(todo)
         if cfg.llm:
             t1 = time.time()
-            llm = llm_scores(get_backend(gens.model, gen_cfg), templates, reviews)
+            llm = llm_scores(get_backend(gens.model, gen_cfg), templates, reviews, cfg.calibrate)
             t_llm = time.time() - t1
         lex = lexicon_scores(reviews) if cfg.lexicon else [float("nan")] * len(todo)
         store.append([{"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm[j], "judge_lexicon": lex[j]}
@@ -123,3 +154,42 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
               .with_columns(combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg).alias("judge_negative")))
     stats.update(llm_seconds=round(t_llm, 2), seconds=round(time.time() - t0, 2))
     return Judged(scores, stats)
+
+
+EVAL_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "judge_eval.jsonl"
+
+
+def evaluate(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) -> dict:
+    """Accuracy of each judge on reviews with known polarity, overall and per kind.
+
+    A score of exactly 0.5 is "undecided" and counts as half right, the expected score of breaking the tie with a
+    coin: a judge that says nothing scores chance (0.5), never more. `undecided` reports how often that happened.
+    """
+    texts = [r["review"] for r in rows]
+    truth = [r["label"] == "negative" for r in rows]
+    scores: dict[str, list[float]] = {"lexicon": lexicon_scores(texts)}
+    if backend is not None:
+        scores["llm_raw"] = llm_scores(backend, templates, texts, calibrate=False)
+        scores["llm"] = llm_scores(backend, templates, texts, calibrate=True)
+        w = cfg.llm_weight
+        scores["combined"] = [w * a + (1 - w) * b for a, b in zip(scores["llm"], scores["lexicon"])]
+
+    def acc(vals: list[float], idx: list[int]) -> float:
+        right = sum(0.5 if vals[i] == 0.5 else float((vals[i] > 0.5) == truth[i]) for i in idx)
+        return round(right / len(idx), 4)
+
+    kinds = sorted({r.get("kind", "all") for r in rows})
+    out: dict = {"n": len(rows), "negative": sum(truth), "accuracy": {}, "by_kind": {}, "undecided": {}}
+    everything = list(range(len(rows)))
+    for name, vals in scores.items():
+        out["accuracy"][name] = acc(vals, everything)
+        out["undecided"][name] = sum(v == 0.5 for v in vals)
+        out["by_kind"][name] = {k: acc(vals, [i for i, r in enumerate(rows) if r.get("kind", "all") == k])
+                                for k in kinds}
+    return out
+
+
+def load_eval_set(path: Path = EVAL_SET) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

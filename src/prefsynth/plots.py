@@ -45,3 +45,36 @@ def judge_histogram(gens: pl.DataFrame, scores: pl.DataFrame, chosen: str) -> by
     axes[0][0].legend(fontsize=7, loc="upper center")
     fig.suptitle("How negative is each review? (right of 0.5 = judged negative)", fontsize=10)
     return _png(fig)
+
+
+def training_curves(history: list[dict], mode: str) -> bytes:
+    """Loss, rewards, and reward accuracy (DPO) or KL (KTO) against steps, train solid and validation dashed."""
+    plt = _figure()
+    third = ("rewards/accuracies", "reward accuracy") if mode == "dpo" else ("kl", "KL estimate")
+    panels = [("loss", "loss"), ("rewards/chosen", "rewards (chosen / rejected)"), ("rewards/margins", "reward margin"),
+              third]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for ax, (key, title) in zip(axes, panels):
+        keys = [key, "rewards/rejected"] if key == "rewards/chosen" else [key]
+        for k, color in zip(keys, ("#c0392b", "#2e86c1")):
+            name = k.split("/")[-1] if len(keys) > 1 else "train"
+            xs, ys = series(k)
+            if xs:
+                ax.plot(xs, ys, color=color, lw=1.2, label=name)
+            xs, ys = series(f"eval_{k}")
+            if xs:
+                ax.plot(xs, ys, color=color, lw=1.2, ls="--", marker="o", ms=3,
+                        label=f"{name} (validation)" if len(keys) > 1 else "validation")
+        if key in ("rewards/chosen", "rewards/margins"):
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{mode.upper()} training", fontsize=10, y=1.03)
+    return _png(fig)

@@ -79,6 +79,31 @@ class Templates:
         except jinja2.TemplateError as e:  # e.g. an imported macro with an error
             raise UserError(f"prompt template {name}.j2 failed to render: {e}") from None
 
+    def render_many(self, name: str, values: list[str], var: str = "title") -> list[str]:
+        """Render one template for many values of its single variable.
+
+        The template is rendered twice with sentinel values; if the output is the same text with only the sentinel
+        swapped (the variable is inserted verbatim, as in the shipped templates), every row is a string join of the
+        fixed parts (vectorised in polars). A template that transforms the variable falls back to one render per row.
+        """
+        import polars as pl
+
+        s1, s2 = "\x00\x01prefsynth-a\x01\x00", "\x00\x01prefsynth-B\x01\x00"
+        r1, r2 = self.render(name, **{var: s1}), self.render(name, **{var: s2})
+        parts = r1.split(s1)
+        if len(parts) < 2 or s2.join(parts) != r2 or any(s1 in p or s2 in p for p in parts):
+            return [self.render(name, **{var: v}) for v in values]
+        col = pl.Series("v", values, dtype=pl.Utf8)
+        # render() strips the whole text; a value at either end must be stripped the same way
+        exprs: list[pl.Expr] = []
+        for i, part in enumerate(parts):
+            if i:
+                exprs.append(pl.col("v"))
+            if part:
+                exprs.append(pl.lit(part))
+        out = pl.DataFrame({"v": col}).select(pl.concat_str(exprs).str.strip_chars().alias("r"))
+        return out.get_column("r").to_list()
+
     def generation(self, title: str, polarity: str) -> str:
         return self.render(polarity, title=title)
 
