@@ -1,9 +1,18 @@
 """The content-addressed store behind "never generate the same thing twice".
 
-A store is a folder of immutable parquet shards. Each shard is written to a temporary name, fsynced and renamed, and
-its file name carries the sha256 of its bytes: a shard that was torn, truncated or edited no longer matches its name
-and is moved to `quarantine/` instead of being read. Rows are keyed; when two shards hold the same key (two runs
-raced), the oldest shard wins, so the result is the same whatever order files are listed in.
+A store is a folder of two kinds of files:
+
+- a **journal** per writing process (`journal-<pid>-<ns>.jsonl`): every finished row is appended and flushed to the
+  OS at once, so a killed process loses nothing it completed (the OS still holds the bytes); it is fsynced at most
+  every `fsync_seconds` against power loss. Each line carries a checksum of its row: a torn last line fails it and
+  is skipped, never read as data.
+- immutable **shards** (`<ns>-<pid>-<sha16>.parquet`): a journal is compacted into one when its writer closes
+  (or, for a writer that died, by the next run). A shard is written under a temporary name, fsynced and renamed,
+  and its name carries the sha256 of its bytes: a shard that was torn, truncated or edited no longer matches its
+  name and is moved to `quarantine/` instead of being read.
+
+Rows are keyed; when two files hold the same key (two runs raced, or a crash between compaction and journal
+removal), the oldest wins, so the result does not depend on the order files are listed in.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
+from prefsynth import faults
 from prefsynth.fsutil import atomic_write_bytes
 
 log = logging.getLogger("prefsynth.cache")
@@ -28,16 +38,74 @@ def make_key(**parts: object) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _row_sum(row: dict) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    """Append-only, checksummed rows of one process; compacted into a shard on close."""
+
+    def __init__(self, store: Store, fsync_seconds: float = 1.0):
+        self.store = store
+        store.dir.mkdir(parents=True, exist_ok=True)
+        self.path = store.dir / f"journal-{os.getpid()}-{time.time_ns()}.jsonl"
+        self._f = open(self.path, "a", encoding="utf-8")
+        self.fsync_seconds = fsync_seconds
+        self._last_sync = time.monotonic()
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self._f.write(json.dumps({"c": _row_sum(row), "r": row}, ensure_ascii=False) + "\n")
+        self._f.flush()  # in the OS now: survives the death of this process
+        self.rows += 1
+        if time.monotonic() - self._last_sync >= self.fsync_seconds:
+            os.fsync(self._f.fileno())
+            self._last_sync = time.monotonic()
+        faults.point("journal.add")
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self.store.compact(self.path)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Store:
     def __init__(self, root: Path, kind: str, schema: dict[str, pl.DataType]):
         self.dir = Path(root) / kind
         self.schema = {"key": pl.Utf8, **schema}
         self.quarantined = 0
+        self.torn_lines = 0
 
+    # -- reading ---------------------------------------------------------------------------------------------
     def _shards(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
         return sorted(p for p in self.dir.glob("*.parquet") if not p.name.startswith("."))
+
+    def _journals(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(self.dir.glob("journal-*.jsonl"), key=lambda p: int(p.stem.split("-")[2]))
 
     def _valid(self, path: Path) -> bool:
         expected = path.stem.rsplit("-", 1)[-1]
@@ -49,7 +117,28 @@ class Store:
         qdir.mkdir(exist_ok=True)
         os.replace(path, qdir / path.name)
         self.quarantined += 1
-        log.warning("cache shard %s discarded (%s); its rows will be generated again", path.name, why)
+        log.warning("cache file %s discarded (%s); its rows will be made again", path.name, why)
+
+    def _read_journal(self, path: Path) -> list[dict]:
+        rows = []
+        try:
+            lines = path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return rows
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                row = rec["r"]
+                ok = rec["c"] == _row_sum(row) and set(self.schema) <= set(row)
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                rows.append({k: row[k] for k in self.schema})
+            else:
+                self.torn_lines += 1  # a line cut by a crash, or edited by hand: never data
+        return rows
 
     def load(self, keys: set[str] | None = None) -> pl.DataFrame:
         frames = []
@@ -68,12 +157,20 @@ class Store:
                 self._quarantine(path, "schema mismatch")
                 continue
             frames.append(df.select(list(self.schema)))
+        for path in self._journals():
+            rows = self._read_journal(path)
+            if rows:
+                frames.append(pl.DataFrame(rows, schema=self.schema))
         if not frames:
             return pl.DataFrame(schema=self.schema)
         df = pl.concat(frames, how="vertical_relaxed").unique(subset="key", keep="first", maintain_order=True)
         if keys is not None:
             df = df.filter(pl.col("key").is_in(list(keys)))
         return df
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def journal(self, fsync_seconds: float = 1.0) -> Journal:
+        return Journal(self, fsync_seconds)
 
     def append(self, rows: list[dict]) -> Path | None:
         """Write `rows` as one new shard (atomically). Returns its path."""
@@ -85,28 +182,29 @@ class Store:
         df.write_parquet(tmp, compression="zstd", statistics=False)
         data = tmp.read_bytes()
         tmp.unlink()
+        faults.point("shard.before_rename")
         name = f"{time.time_ns():020d}-{os.getpid()}-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
         atomic_write_bytes(self.dir / name, data)
         return self.dir / name
 
+    def compact(self, journal: Path) -> None:
+        """Turn a closed journal into a shard, then remove it (a crash in between leaves duplicates, which load
+        de-duplicates by key)."""
+        rows = self._read_journal(journal)
+        if rows:
+            self.append(rows)
+        faults.point("journal.before_remove")
+        journal.unlink(missing_ok=True)
+
     def sweep(self) -> None:
-        """Remove temporary files left by writers that died mid-write (they were never valid shards).
-        A live writer's files are left alone: the pid is part of every temporary name."""
+        """Compact journals of writers that died, and remove temporary files they left (never valid shards).
+        A live writer's files are left alone: its pid is part of every name."""
         if not self.dir.is_dir():
             return
+        for p in self._journals():
+            if not _alive(int(p.stem.split("-")[1])):
+                self.compact(p)
         for p in [*self.dir.glob(".incoming-*"), *self.dir.glob("*.tmp-*")]:
             pid = p.name.split(".tmp-")[-1] if ".tmp-" in p.name else p.name.split("-")[1]
             if not (pid.isdigit() and _alive(int(pid))):
                 p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

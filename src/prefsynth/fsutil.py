@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from prefsynth import faults
 from prefsynth.errors import UserError
 
 _TMP_MARK = ".tmp-"
@@ -118,6 +119,7 @@ def atomic_dir(final: Path, *, keep: bool = False) -> Iterator[Path]:
             for name in files:
                 with open(os.path.join(root, name), "rb") as f:
                     os.fsync(f.fileno())
+        faults.point("write.before_swap")
         if final.exists():
             if not _exchange(tmp, final):
                 old = final.with_name(f"{final.name}.old-{os.getpid()}")
@@ -128,6 +130,7 @@ def atomic_dir(final: Path, *, keep: bool = False) -> Iterator[Path]:
         else:
             os.rename(tmp, final)
         fsync_dir(final.parent)
+        faults.point("write.after_swap")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,8 +1,8 @@
 """Stage 3, generate: one negative and one positive review per title, through vLLM (or transformers).
 
 Every generation is keyed by (model fingerprint, template hash, sampling parameters, title, polarity) and stored in
-the cache as soon as a handful finish, so a rerun generates nothing already done and a crash loses at most the last
-`flush_every` reviews. All missing prompts go to the engine at once; results stream back as they finish.
+the cache's journal the moment it finishes, so a rerun generates nothing already done and a crash loses only the
+reviews still inside the engine. All missing prompts go to the engine at once; results stream back as they finish.
 
 Backends share one small interface (`Backend`): `generate` streams finished requests, `label_logprobs` scores label
 words for the judge on the same loaded model (one engine per run, see `get_backend`).
@@ -44,8 +44,7 @@ class GenerateConfig:
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
     cache_dir: Path | None = opt(None, "generation cache (default: $PREFSYNTH_HOME/cache)", alias="cache")
-    flush_every: int = opt(32, "write finished reviews to the cache every N completions")
-    flush_seconds: float = opt(20.0, "...or every this many seconds, whichever comes first")
+    fsync_seconds: float = opt(1.0, "finished reviews reach the cache journal at once; fsync at most this often")
     # vLLM engine settings; on GPUs these pass straight through to vllm.LLM
     max_num_seqs: int = opt(128, "vLLM: sequences decoded together")
     kv_cache_gib: int = opt(2, "vLLM on CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
@@ -132,8 +131,8 @@ class Backend(ABC):
         """Yield outputs as requests finish (any order)."""
 
     @abstractmethod
-    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
-        """Log-probability of each of `token_ids` as the next token after each (chat-formatted) prompt."""
+    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> Iterator[tuple[int, list[float]]]:
+        """(prompt index, log-probability of each of `token_ids` as the next token), streamed as they finish."""
 
     def close(self) -> None:
         pass
@@ -193,18 +192,16 @@ class VLLMBackend(Backend):
             yield Output(by_id[out.request_id].key, c.text, len(out.prompt_token_ids), len(c.token_ids),
                          str(c.finish_reason))
 
-    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> Iterator[tuple[int, list[float]]]:
         from vllm import SamplingParams
 
         # Greedy, one token, logprobs of exactly our label tokens (raw logits, before any sampling transform).
         params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=list(token_ids))
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         order = {_external_id(rid): i for i, rid in enumerate(ids)}
-        result: list[list[float]] = [[] for _ in prompts]
         for out in self._drain():
             lp = out.outputs[0].logprobs[0]
-            result[order[out.request_id]] = [float(lp[t].logprob) if t in lp else float("-inf") for t in token_ids]
-        return result
+            yield order[out.request_id], [float(lp[t].logprob) if t in lp else float("-inf") for t in token_ids]
 
     def close(self) -> None:
         try:
@@ -242,8 +239,25 @@ class TransformersBackend(Backend):
     def tokenizer(self):
         return self._tok
 
-    def _encode(self, prompts: list[str]):
-        return self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+    # Prompts are padded to a multiple of this many tokens and batched only with prompts of the same padded length.
+    # A prompt's numbers then depend on its own padded length alone, not on which prompts share its batch: a run
+    # resumed after a crash computes exactly what the uninterrupted run would have.
+    PAD_BUCKET = 32
+
+    def _encode(self, prompts: list[str], length: int):
+        return self._tok(prompts, return_tensors="pt", padding="max_length", max_length=length,
+                         add_special_tokens=False).to(self.device)
+
+    def _batches(self, prompts: list[str]) -> Iterator[tuple[list[int], int]]:
+        """(indices, padded length) per batch: grouped by length bucket, in a fixed order."""
+        lengths = [len(ids) for ids in self._tok(prompts, add_special_tokens=False)["input_ids"]]
+        buckets: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            buckets.setdefault(-(-n // self.PAD_BUCKET) * self.PAD_BUCKET, []).append(i)
+        for length in sorted(buckets):
+            idx = buckets[length]
+            for k in range(0, len(idx), self.cfg.batch_size):
+                yield idx[k:k + self.cfg.batch_size], length
 
     def _sample(self, logits, gens):
         torch = self.torch
@@ -257,9 +271,9 @@ class TransformersBackend(Backend):
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
         return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(gens)])
 
-    def _generate_batch(self, batch: list[Request]) -> list[Output]:
+    def _generate_batch(self, batch: list[Request], length: int) -> list[Output]:
         torch = self.torch
-        enc = self._encode([r.prompt for r in batch])
+        enc = self._encode([r.prompt for r in batch], length)
         gens = [torch.Generator(device=self.device).manual_seed(r.seed) for r in batch]
         ids, mask = enc["input_ids"], enc["attention_mask"]
         n = len(batch)
@@ -290,22 +304,19 @@ class TransformersBackend(Backend):
                        len(out_tokens[i]), "stop" if done[i] else "length") for i, r in enumerate(batch)]
 
     def generate(self, requests: list[Request]) -> Iterator[Output]:
-        # Similar lengths together wastes less padding.
-        ordered = sorted(requests, key=lambda r: len(r.prompt))
-        for i in range(0, len(ordered), self.cfg.batch_size):
-            yield from self._generate_batch(ordered[i:i + self.cfg.batch_size])
+        ordered = sorted(requests, key=lambda r: r.key)
+        for idx, length in self._batches([r.prompt for r in ordered]):
+            yield from self._generate_batch([ordered[i] for i in idx], length)
 
-    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> Iterator[tuple[int, list[float]]]:
         torch = self.torch
-        result: list[list[float]] = []
         with torch.inference_mode():
-            for i in range(0, len(prompts), self.cfg.batch_size):
-                enc = self._encode(prompts[i:i + self.cfg.batch_size])
+            for idx, length in self._batches(prompts):
+                enc = self._encode([prompts[i] for i in idx], length)
                 pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 logits = self.model_(**enc, position_ids=pos).logits[:, -1, :].float()
-                lp = torch.log_softmax(logits, dim=-1)[:, token_ids]
-                result.extend(lp.tolist())
-        return result
+                for j, row in zip(idx, torch.log_softmax(logits, dim=-1)[:, token_ids].tolist()):
+                    yield j, row
 
 
 _BACKENDS: dict[tuple, Backend] = {}
@@ -376,30 +387,26 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         backend = get_backend(model, cfg)
         t_engine = time.time() - t1
         requests = [Request(k, backend.chat(templates.generation(*wanted[k])), request_seed(k)) for k in todo]
-        buffer: list[dict] = []
-        last_flush = time.time()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(requests), desc=f"generating ({backend.name})", unit="review", dynamic_ncols=True,
                    disable=progress is not None)
         t2 = time.time()
-        for out in backend.generate(requests):
-            title, polarity = wanted[out.key]
-            buffer.append({"key": out.key, "title": title, "polarity": polarity, "text": out.text,
-                           "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                           "finish_reason": out.finish_reason, "model": model.name,
-                           "template_hash": templates.hash, "backend": backend.name})
-            stats["generated"] += 1
-            stats["completion_tokens"] += out.completion_tokens
-            stats["prompt_tokens"] += out.prompt_tokens
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{stats['completion_tokens'] / max(time.time() - t2, 1e-9):.0f}")
-            if progress:
-                progress(int(stats["generated"]), len(requests))
-            if len(buffer) >= cfg.flush_every or time.time() - last_flush >= cfg.flush_seconds:
-                store.append(buffer)
-                buffer, last_flush = [], time.time()
-        store.append(buffer)
+        # Every finished review goes to the journal as it arrives: a crash loses only reviews still in the engine.
+        with store.journal(cfg.fsync_seconds) as journal:
+            for out in backend.generate(requests):
+                title, polarity = wanted[out.key]
+                journal.add({"key": out.key, "title": title, "polarity": polarity, "text": out.text,
+                             "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                             "finish_reason": out.finish_reason, "model": model.name,
+                             "template_hash": templates.hash, "backend": backend.name})
+                stats["generated"] += 1
+                stats["completion_tokens"] += out.completion_tokens
+                stats["prompt_tokens"] += out.prompt_tokens
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{stats['completion_tokens'] / max(time.time() - t2, 1e-9):.0f}")
+                if progress:
+                    progress(int(stats["generated"]), len(requests))
         bar.close()
         t_gen = time.time() - t2
         have = store.load(set(wanted))

@@ -12,12 +12,14 @@ Both are cached by (review key, judge fingerprint) like generations, so reruns n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 import time
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from prefsynth import faults
 from prefsynth.cache import Store, make_key
 from prefsynth.config import opt
 from prefsynth.generate import GenerateConfig, Generations, cache_root, get_backend
@@ -79,15 +81,28 @@ def _log_odds(lps: list[float], n_neg: int) -> float:
     return max(-50.0, min(50.0, ln - lp))
 
 
-def llm_scores(backend, templates: Templates, reviews: list[str], calibrate: bool = True) -> list[float]:
+def llm_scores_iter(backend, templates: Templates, reviews: list[str],
+                    calibrate: bool = True) -> Iterator[tuple[int, float]]:
+    """(index, calibrated P(negative)) for each review, streamed as the engine finishes them."""
     neg, pos = label_token_ids(backend.tokenizer)
     if not neg or not pos:
-        return [0.5] * len(reviews)
-    probes = list(CONTENT_FREE) if calibrate else []
-    prompts = [backend.chat(templates.judge(r)) for r in [*probes, *reviews]]
-    odds = [_log_odds(lps, len(neg)) for lps in backend.label_logprobs(prompts, neg + pos)]
-    bias = sum(odds[:len(probes)]) / len(probes) if probes else 0.0
-    return [1.0 / (1.0 + math.exp(-(o - bias))) for o in odds[len(probes):]]
+        yield from ((i, 0.5) for i in range(len(reviews)))
+        return
+    ids = neg + pos
+    bias = 0.0
+    if calibrate:
+        probes = [backend.chat(templates.judge(r)) for r in CONTENT_FREE]
+        bias = sum(_log_odds(lps, len(neg)) for _, lps in backend.label_logprobs(probes, ids)) / len(probes)
+    prompts = [backend.chat(templates.judge(r)) for r in reviews]
+    for i, lps in backend.label_logprobs(prompts, ids):
+        yield i, 1.0 / (1.0 + math.exp(-(_log_odds(lps, len(neg)) - bias)))
+
+
+def llm_scores(backend, templates: Templates, reviews: list[str], calibrate: bool = True) -> list[float]:
+    out = [0.5] * len(reviews)
+    for i, p in llm_scores_iter(backend, templates, reviews, calibrate):
+        out[i] = p
+    return out
 
 
 # Peer-review vocabulary VADER lacks or reads in its everyday sense ("rigorous" is -1.1 there: harsh; in a review it
@@ -131,6 +146,7 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
                            words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=gen_cfg.system_prompt,
                            calibrate=[cfg.calibrate, CONTENT_FREE])
     store = Store(cache_root(gen_cfg), "judgements", JUDGE_SCHEMA)
+    store.sweep()
     keys = gens.rows.get_column("key").to_list()
     texts = gens.rows.get_column("text").str.strip_chars().to_list()
     jkeys = [make_key(gen=k, judge=fingerprint) for k in keys]
@@ -141,14 +157,23 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
     t_llm = 0.0
     if todo:
         reviews = [texts[i] for i in todo]
-        llm = [float("nan")] * len(todo)
-        if cfg.llm:
-            t1 = time.time()
-            llm = llm_scores(get_backend(gens.model, gen_cfg), templates, reviews, cfg.calibrate)
-            t_llm = time.time() - t1
         lex = lexicon_scores(reviews) if cfg.lexicon else [float("nan")] * len(todo)
-        store.append([{"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm[j], "judge_lexicon": lex[j]}
-                      for j, i in enumerate(todo)])
+
+        def row(j: int, llm: float) -> dict:
+            i = todo[j]
+            return {"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm, "judge_lexicon": lex[j]}
+
+        with store.journal(gen_cfg.fsync_seconds) as journal:
+            if cfg.llm:
+                t1 = time.time()
+                backend = get_backend(gens.model, gen_cfg)
+                for j, p in llm_scores_iter(backend, templates, reviews, cfg.calibrate):
+                    faults.point("judge.scored")
+                    journal.add(row(j, p))
+                t_llm = time.time() - t1
+            else:
+                for j in range(len(todo)):
+                    journal.add(row(j, float("nan")))
         have = store.load(set(jkeys))
     scores = (have.select("gen_key", "judge_llm", "judge_lexicon").rename({"gen_key": "key"})
               .with_columns(combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg).alias("judge_negative")))

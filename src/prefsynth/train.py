@@ -213,7 +213,8 @@ def _download(cfg: TrainConfig, config: str) -> tuple[Path, str]:
     except RevisionNotFoundError:
         raise UserError(f"dataset {cfg.data} on {endpoint} has no revision {rev!r}") from None
     except RepositoryNotFoundError:
-        raise UserError(f"dataset repo {cfg.data} not found on {endpoint} (or the token may not read it)") from None
+        raise UserError(f"dataset repo {cfg.data} not found on {endpoint} (or the token may not read it), and "
+                        f"there is no local folder of that name") from None
     except LocalEntryNotFoundError:
         raise UserError(f"dataset {cfg.data}@{rev} is not in the local Hugging Face cache and the Hub cannot be "
                         f"reached (offline?)") from None
@@ -462,7 +463,8 @@ def _trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device, wor
         save_strategy="no", report_to=[], seed=cfg.seed, data_seed=cfg.seed,
         bf16=device.bf16, fp16=device.fp16, use_cpu=device.kind == "cpu", optim=device.optim,
         gradient_checkpointing=device.gradient_checkpointing, disable_tqdm=False,
-        # TRL zeroes every nn.Dropout by default, LoRA's included: lora.dropout would silently be 0.
+        # TRL's disable_dropout zeroes every nn.Dropout after adding LoRA, LoRA's own included, so lora.dropout
+        # would silently be 0. The base model's dropout is switched off in `_trainer` instead.
         disable_dropout=False,
         dataloader_num_workers=0,
     )
@@ -471,6 +473,9 @@ def _trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device, wor
         target_modules=cfg.lora.targets if cfg.lora.targets == "all-linear"
         else [t.strip() for t in cfg.lora.targets.split(",") if t.strip()],
     )
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(model)  # the base model only: LoRA layers do not exist yet
     PromptFirstPreference, PromptFirstUnpaired = _collators()
     budget = cfg.max_length if ours else None
     if cfg.mode == "dpo":
@@ -631,6 +636,16 @@ def evaluate(cfg: TrainConfig, data: Data, model, tokenizer, ref, log_line: Call
     return summarize_evaluation(titles, texts, scores, chosen, round(time.time() - t0, 1))
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial test of wins vs losses at p = 1/2."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 class _adapter:
     """Context: run the PEFT model with its adapter on or off."""
 
@@ -658,16 +673,17 @@ def summarize_evaluation(titles: list[str], texts: dict[str, list[str]], scores:
         return round(sum(v > 0.5 for v in vals) / n, 4)
 
     base, tuned = scores["base"]["combined"], scores["tuned"]["combined"]
-    wins = sum(1.0 if sign * (t - b) > 0 else 0.5 if t == b else 0.0 for b, t in zip(base, tuned))
-    win_rate = wins / n
+    won = sum(sign * (t - b) > 0 for b, t in zip(base, tuned))
+    lost = sum(sign * (t - b) < 0 for b, t in zip(base, tuned))
+    win_rate = (won + 0.5 * (n - won - lost)) / n
     out = {
         "titles": n, "chosen": chosen, "target": "negative" if chosen == "negative" else "positive",
         "negativity_rate_base": rate(base), "negativity_rate_tuned": rate(tuned),
         "mean_negativity_base": round(statistics.fmean(base), 4),
         "mean_negativity_tuned": round(statistics.fmean(tuned), 4),
-        "win_rate": round(win_rate, 4),
-        # Binomial standard error: how much of the win rate is noise at this many titles.
-        "win_rate_stderr": round(math.sqrt(max(win_rate * (1 - win_rate), 0.25 / n) / n), 4),
+        "win_rate": round(win_rate, 4), "wins": won, "losses": lost, "ties": n - won - lost,
+        # Could a coin have done this? Two-sided sign test on wins vs losses (ties left out).
+        "sign_test_p": round(sign_test(won, lost), 4),
         "by_judge": {j: {"negativity_rate_base": rate(scores["base"][j]),
                          "negativity_rate_tuned": rate(scores["tuned"][j])}
                      for j in scores["base"] if j != "combined"},
@@ -689,14 +705,14 @@ def _verdict(e: dict) -> str:
     d = e["negativity_rate_tuned"] - e["negativity_rate_base"]
     if e["chosen"] != "negative":
         d = -d
-    margin = 2 * e["win_rate_stderr"]
-    if e["win_rate"] - margin > 0.5 and d > 0:
+    p = e["sign_test_p"]
+    if e["win_rate"] > 0.5 and d >= 0 and p < 0.05:
         return (f"The data worked: the tuned model's reviews are more {e['target']} than the base model's "
-                f"(win rate {e['win_rate']:.0%} ± {e['win_rate_stderr']:.0%}).")
-    if e["win_rate"] + margin < 0.5:
-        return (f"The tuned model moved AWAY from {e['target']} reviews (win rate {e['win_rate']:.0%}): check the "
-                f"chosen/rejected direction and the label noise of the data.")
-    return (f"No clear effect at n={e['titles']} titles (win rate {e['win_rate']:.0%} ± {e['win_rate_stderr']:.0%}): "
+                f"(win rate {e['win_rate']:.0%}, sign test p = {p:.3g}).")
+    if e["win_rate"] < 0.5 and p < 0.05:
+        return (f"The tuned model moved AWAY from {e['target']} reviews (win rate {e['win_rate']:.0%}, p = {p:.3g}): "
+                f"check the chosen/rejected direction and the label noise of the data.")
+    return (f"No clear effect at n={e['titles']} titles (win rate {e['win_rate']:.0%}, sign test p = {p:.3g}): "
             f"train longer, or evaluate on more titles.")
 
 
@@ -736,7 +752,8 @@ def render_report(cfg: TrainConfig, metrics: dict) -> str:
               for j, v in e["by_judge"].items()],
             f"| mean words per review | {e['mean_words_base']} | {e['mean_words_tuned']} |", "",
             f"Tuned review more {e['target']} than the base review for the same title: **{e['win_rate']:.0%}** "
-            f"of titles (± {e['win_rate_stderr']:.0%}, ties count half).", "",
+            f"of titles ({e['wins']} wins, {e['losses']} losses, {e['ties']} ties counted half; two-sided sign "
+            f"test p = {e['sign_test_p']:.3g}).", "",
             "### Samples", "",
         ]
         for s in e["samples"][:3]:
@@ -786,12 +803,14 @@ def push(folder: Path, cfg: TrainConfig) -> dict:
         try:
             return pub._retry(fn, pcfg, f"{what} ({repo_id})", extra_status, secret=token)
         except pub._Exhausted as e:
-            raise UserError(f"pushing to {repo_id} failed: {pub._describe(e.last, endpoint)} {e.after}") from None
+            raise UserError(f"pushing to {repo_id} failed: {pub._describe(e.last, endpoint)} {e.after}; the adapter "
+                            f"is saved in {folder}") from None
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001
             if (err := pub._user_error(e, endpoint, repo_id, token)) is not None:
-                raise UserError(str(err).replace("dataset repo", "model repo")) from None
+                raise UserError(f"{str(err).replace('dataset repo', 'model repo')}; the adapter is saved in "
+                                f"{folder}") from None
             raise
 
     with pub._client_settings(pcfg):
