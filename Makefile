@@ -25,7 +25,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install paired unpaired both test test-fast publish clean
+.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
@@ -33,6 +33,9 @@ help:
 	@echo "make unpaired          KTO dataset  (same variables; reuses cached generations)"
 	@echo "make test              the test suite (what CI runs)"
 	@echo "make publish OUT=<folder> REPO=<namespace/name>"
+	@echo "make serve / make stop  local Prefect server + cpu/gpu workers + deployments (PREFECT_PORT=4200)"
+	@echo "make train-dpo         LoRA DPO adapter + evaluation (DATA=<dataset folder or repo> STEPS= OUT= MODEL= ARGS=)"
+	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 
 install: $(VENV)/.installed-$(DEVICE)
 
@@ -69,6 +72,28 @@ REPO ?=
 publish: install
 	@test -n "$(OUT)" -a -n "$(REPO)" || { echo "usage: make publish OUT=<dataset folder> REPO=<namespace/name>"; exit 2; }
 	$(PY) -m prefsynth publish --out $(OUT) --repo $(REPO) $(ARGS)
+
+# Training: DATA is a dataset folder (default: the build's default output) or a Hub dataset repo; STEPS overrides
+# the default schedule (DPO 2,000 steps, KTO 8 epochs) for quick runs; OUT gets adapter, config, metrics and plot.
+DATA  ?= data/out/reviewer2
+STEPS ?=
+TRAIN_ARGS = --data $(DATA) $(if $(STEPS),--steps $(STEPS)) $(if $(OUT),--out $(OUT)) $(if $(MODEL),--model $(MODEL)) \
+             $(ARGS)
+
+train-dpo: install
+	$(PY) flows/train.py --mode dpo $(TRAIN_ARGS)
+
+train-kto: install
+	$(PY) flows/train.py --mode kto $(TRAIN_ARGS)
+
+# Orchestration (README "Orchestration with Prefect"): a real Prefect server on 127.0.0.1, its database, PID files
+# and logs under .state/; `make stop` stops exactly the processes `make serve` started.
+.PHONY: serve stop
+serve: install
+	scripts/serve.sh
+
+stop:
+	scripts/stop.sh
 
 clean:
 	rm -rf data/out .state .pytest_cache

@@ -1,10 +1,12 @@
 """Prefect flow `build-dataset`: the pipeline of src/prefsynth with each stage shown as a Prefect task.
 
-No logic lives here: `prefsynth.pipeline.run` sequences the stages and this file only says how a stage becomes a
-task. Prefect's result cache is off (cache_policy=NONE): the generation cache is the one source of truth for what
-was already generated, and it survives crashes that Prefect's cache would not see.
+No logic lives here: `prefsynth.pipeline.run` sequences the stages, `prefsynth.orchestrate` says what a stage
+logs, how generation is sharded and what training gets; this file only turns those into tasks and Prefect calls.
+Prefect's result cache is off (cache_policy=NONE, no persisted results): the generation cache is the one source of
+truth for what was already generated, and it survives crashes that Prefect's cache would not see.
 
     python flows/build_dataset.py --formats paired --n 50        # what `make paired` runs (in-process)
+    prefect deployment run build-dataset/paired --watch          # the same flow on a worker (`make serve`)
 """
 
 from __future__ import annotations
@@ -14,30 +16,120 @@ import sys
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from prefsynth.config import from_dict, to_dict
+from prefsynth import orchestrate
+from prefsynth.config import to_dict
 from prefsynth.pipeline import PipelineConfig, run
 
-RETRIES = {"collect": 2, "publish": 1}  # network-bound stages; generation is resumable from the cache instead
+# Network-bound stages retry; generate and judge retry too because they resume from the generation cache (every
+# finished review is already in it). build and write are local and deterministic. User errors never retry.
+RETRIES = {"collect": 2, "generate": 1, "judge": 1, "publish": 1}
+RETRY_DELAY_SECONDS = 10
+
+
+def _retry_condition(task, task_run, state) -> bool:
+    return orchestrate.retryable(state.data)
 
 
 def prefect_step(fn, name: str):
-    return task(fn, name=name, cache_policy=NONE, persist_result=False, retries=RETRIES.get(name, 0),
-                retry_delay_seconds=10)
-
-
-@flow(name="build-dataset", log_prints=True)
-def build_dataset(config: dict | None = None) -> dict:
     from prefsynth.generate import close_backends
 
-    cfg = from_dict(PipelineConfig, config or {})
+    on_error = close_backends if name in ("generate", "judge") else None
+    body = orchestrate.stage(fn, name, lambda line: get_run_logger().info(line), on_error)
+    return task(body, name=name, cache_policy=NONE, persist_result=False, retries=RETRIES.get(name, 0),
+                retry_delay_seconds=RETRY_DELAY_SECONDS, retry_condition_fn=_retry_condition)
+
+
+def _steps(shards: int):
+    def step(fn, name: str):
+        t = prefect_step(fn, name)
+        if name != "generate" or shards == 1:  # shards < 1 is refused by orchestrate.shard
+            return t
+
+        def generate_sharded(titles, templates, cfg):
+            def run_shard(i: int, n: int, part: list[str]):
+                return t.with_options(task_run_name=f"generate-shard-{i + 1}-of-{n}")(part, templates, cfg)
+
+            return orchestrate.generate_in_shards(titles, templates, cfg, shards=shards, run_shard=run_shard)
+
+        return generate_sharded
+
+    return step
+
+
+def _effective_config(config: dict | None) -> dict:
+    """`config` laid key by key over the deployment's own: Prefect replaces a parameter as a whole, so `--params
+    '{"config": {"collect": {"n": 50}}}'` would otherwise drop e.g. the refresh deployment's n=all and formats."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    base: dict = {}
+    if deployment_id := deployment.get_id():
+        with get_client(sync_client=True) as client:
+            base = (client.read_deployment(deployment_id).parameters or {}).get("config") or {}
+    return orchestrate.deep_merge(base, config or {})
+
+
+def _run_name() -> str:
+    from prefect.runtime import deployment, flow_run
+
+    return orchestrate.run_name(_effective_config(flow_run.get_parameters().get("config")), deployment.get_name())
+
+
+def hand_off(summary, cfg: PipelineConfig) -> list[dict]:
+    """Start the training deployment(s) on what was built, without waiting: the run waits in its work pool (gpu)
+    until a worker there picks it up. Skipped, with a log line, when the dataset did not change or when this
+    Prefect server has no such deployment (e.g. `make paired` runs in-process against a throwaway server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    logger = get_run_logger()
+    if not summary.changed:
+        logger.info(f"dataset v{summary.version} unchanged: no training run started "
+                    f"(start one with `prefect deployment run {orchestrate.TRAIN_FLOW}/<mode>`)")
+        return []
+    runs = []
+    for name, overrides, run_name in orchestrate.handoff_targets(to_dict(summary), cfg.build.config_names(),
+                                                                 cfg.name):
+        try:
+            with get_client(sync_client=True) as client:
+                dep = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            logger.info(f"hand-off skipped: this Prefect server has no deployment {name} (`make serve` creates it)")
+            runs.append({"deployment": name, "skipped": "no such deployment"})
+            continue
+        params = orchestrate.deep_merge(dep.parameters or {}, {"config": overrides})
+        fr = run_deployment(name, parameters=params, timeout=0, flow_run_name=run_name,
+                            tags=["prefsynth", "hand-off"])
+        ref = overrides["data"] + (f"@{overrides['revision'][:12]}" if overrides.get("revision") else "")
+        logger.info(f"training handed off: {name} run '{fr.name}' ({fr.id}) on {ref}, queued in work pool "
+                    f"'{dep.work_pool_name}' until a worker of that pool takes it")
+        runs.append({"deployment": name, "flow_run_id": str(fr.id), "flow_run_name": fr.name,
+                     "work_pool": dep.work_pool_name, "config": params.get("config")})
+    return runs
+
+
+@flow(name="build-dataset", flow_run_name=_run_name, log_prints=True, persist_result=False)
+def build_dataset(config: dict | None = None, train: bool = False, shards: int = 1) -> dict:
+    """Build the preference dataset(s) described by `config` (the `prefsynth build` settings as a nested dict,
+    merged key by key into the deployment's own `config` when run from a deployment).
+
+    train: after a successful build (and publish, when configured) that changed the dataset, start `train/dpo`
+    for paired and `train/kto` for unpaired data, without waiting. shards: generate in this many task runs,
+    one after another (each resumable and retried on its own), then build from the merged cache."""
+    from prefsynth.generate import close_backends
+
+    cfg = orchestrate.pipeline_config(_effective_config(config))
     try:
-        summary = run(cfg, step=prefect_step)
+        summary = run(cfg, step=_steps(shards))
     finally:
         close_backends()
     logger = get_run_logger()
     for line in summary.lines():
         logger.info(line)
-    return to_dict(summary)
+    result = to_dict(summary)
+    result["train_runs"] = hand_off(summary, cfg) if train else []
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,13 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     from prefsynth.config import add_arguments, parse_into
 
     quiet_libraries()
-    parser = argparse.ArgumentParser(description="Run the build-dataset flow in this process.")
+    from prefsynth.cli import Parser
+
+    parser = Parser(prog="build_dataset.py", description="Run the build-dataset flow in this process.")
     add_arguments(parser, PipelineConfig)
+    parser.add_argument("--shards", type=int, default=1, help="generate in this many task runs (default: 1)")
+    parser.add_argument("--train", action="store_true",
+                        help="start train/dpo or train/kto on the result (needs `make serve` and PREFECT_API_URL)")
     args = parser.parse_args(argv)
+    shards, train = args.shards, args.train
+    del args.shards, args.train
 
     def go() -> int:
-        cfg = parse_into(PipelineConfig, args)
-        build_dataset(to_dict(cfg))
+        from prefsynth.errors import UserError
+
+        try:
+            cfg = parse_into(PipelineConfig, args)
+        except ValueError as e:  # a flag value that does not parse (wrong type, bad choice)
+            raise UserError(str(e)) from None
+        build_dataset(to_dict(cfg), train=train, shards=shards)
         return 0
 
     return run_cli(go)

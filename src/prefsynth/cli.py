@@ -47,7 +47,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prefsynth").setLevel(logging.INFO)
     for name in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if "prefect" in sys.modules:

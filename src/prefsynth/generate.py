@@ -138,6 +138,17 @@ class Backend(ABC):
         pass
 
 
+def _context_length(path: str) -> int:
+    """The model's own context limit, so a default max_model_len never exceeds it."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 1 << 30
+    return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 1 << 30)
+
+
 def _external_id(request_id: str) -> str:
     """enqueue() returns internal ids ("7-1a2b3c4d"); finished outputs carry the external part ("7")."""
     return request_id.rsplit("-", 1)[0]
@@ -156,7 +167,7 @@ class VLLMBackend(Backend):
 
         kwargs = dict(
             model=model.path, dtype=self.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
-            max_num_seqs=cfg.max_num_seqs, max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs, max_model_len=min(cfg.max_model_len, _context_length(model.path)),
             tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
         )
         if on_gpu:

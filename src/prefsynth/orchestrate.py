@@ -16,6 +16,17 @@ MODE_FOR_CONFIG = {"paired": "dpo", "unpaired": "kto"}
 DEFAULT_HUB = "https://huggingface.co"
 
 
+def pipeline_config(config: dict | None):
+    """The PipelineConfig of a flow's `config` parameter; a value that does not parse is the user's to fix."""
+    from prefsynth.config import from_dict
+    from prefsynth.pipeline import PipelineConfig
+
+    try:
+        return from_dict(PipelineConfig, config or {})
+    except (ValueError, TypeError) as e:
+        raise UserError(f"config: {e}") from None
+
+
 def run_name(config: dict | None, deployment: str | None = None) -> str:
     """A flow-run name that says what the run builds, e.g. 'refresh: both, all titles, SmolLM2 (bundled)'."""
     from prefsynth.config import from_dict
