@@ -128,21 +128,22 @@ def _near_duplicate_of_earlier(texts: pl.Series, threshold: float) -> pl.Series:
         pl.DataFrame({"_row": row_ids, "_band": np.full(len(row_ids), b),
                       "_key": pl.DataFrame(sig[:, b * per:(b + 1) * per]).hash_rows(seed=b)})
         for b in range(_BANDS)])
-    buckets = (bands.group_by("_band", "_key").agg(pl.col("_row").sort().head(_MAX_BUCKET))
-               .filter(pl.col("_row").list.len() > 1).get_column("_row").to_list())
-    candidates = {(r[j], r[i]) for r in buckets for i in range(1, len(r)) for j in range(i)}  # (earlier, later)
-    if not candidates:
+    # Candidate pairs: rows sharing a band key (at most _MAX_BUCKET per bucket), as a self-join.
+    ranked = (bands.with_columns(pl.col("_row").rank("ordinal").over("_band", "_key").alias("_rank"))
+              .filter(pl.col("_rank") <= _MAX_BUCKET).drop("_rank"))
+    cand = (ranked.join(ranked, on=["_band", "_key"], suffix="_l").filter(pl.col("_row") < pl.col("_row_l"))
+            .select(pl.col("_row").alias("_e"), pl.col("_row_l").alias("_l")).unique())
+    if cand.height == 0:
         return pl.Series(flags)
-    needed = sorted({x for pair in candidates for x in pair})
-    gram_sets = dict(zip(needed, (set(g) for g in grams.filter(pl.col("_row").is_in(needed))
-                                  .group_by("_row", maintain_order=True).agg("_g")
-                                  .sort("_row").get_column("_g").to_list())))
-    for earlier, later in candidates:
-        if flags[later]:
-            continue
-        a, b = gram_sets[earlier], gram_sets[later]
-        if len(a & b) / len(a | b) >= threshold:
-            flags[later] = True
+    # Exact Jaccard of each candidate pair, by joins: |A & B| / (|A| + |B| - |A & B|).
+    g = grams.select("_row", "_g").unique()
+    sizes = g.group_by("_row").agg(pl.len().alias("_n"))
+    inter = (cand.join(g, left_on="_e", right_on="_row")
+             .join(g, left_on=["_l", "_g"], right_on=["_row", "_g"], how="semi")
+             .group_by("_e", "_l").agg(pl.len().alias("_i")))
+    hits = (inter.join(sizes, left_on="_e", right_on="_row").join(sizes, left_on="_l", right_on="_row", suffix="_b")
+            .filter(pl.col("_i") / (pl.col("_n") + pl.col("_n_b") - pl.col("_i")) >= threshold))
+    flags[hits.get_column("_l").unique().to_numpy()] = True
     return pl.Series(flags)
 
 
@@ -194,9 +195,10 @@ def assign_splits(titles: list[str], cfg: BuildConfig, previous: dict[str, str] 
     previous = {t: s for t, s in (previous or {}).items() if s in SPLITS}
     target_val = round(len(titles) * cfg.validation_fraction)
     assigned = {t: previous[t] for t in titles if t in previous}
-    have_val = sum(1 for s in assigned.values() if s == "validation")
-    new = sorted((t for t in titles if t not in assigned),
-                 key=lambda t: hashlib.sha256(f"{cfg.split_seed}\0{t}".encode()).hexdigest())
+    have_val = list(assigned.values()).count("validation")
+    fresh = [t for t in titles if t not in assigned]
+    digests = [hashlib.sha256(f"{cfg.split_seed}\0{t}".encode()).hexdigest() for t in fresh]
+    new = [t for _, t in sorted(zip(digests, fresh))]
     n_val = max(0, min(len(new), target_val - have_val))
     for i, t in enumerate(new):
         assigned[t] = "validation" if i < n_val else "train"
@@ -281,7 +283,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
         frames["unpaired"] = {s: _unpaired(kept.filter(pl.col("split") == s), cfg, prompt_expr, judge_cols)
                               for s in SPLITS}
     stats["rows"] = {c: {s: f.height for s, f in d.items()} for c, d in frames.items()}
-    stats["split_titles"] = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
+    values = list(splits.values())
+    stats["split_titles"] = {s: values.count(s) for s in SPLITS}
     return Built(frames, stats)
 
 

@@ -70,6 +70,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         close_backends()
     _print_summary(summary)
+    if args.summary_json:
+        from prefsynth.config import to_dict
+        from prefsynth.fsutil import atomic_write_json
+
+        atomic_write_json(Path(args.summary_json), to_dict(summary))
     return 0
 
 
@@ -150,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="prefsynth", description="Synthetic DPO/KTO preference datasets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _stage_parser(sub, "build", "collect titles, generate reviews, judge, build and write the datasets",
-                  PipelineConfig, cmd_build)
+    p = _stage_parser(sub, "build", "collect titles, generate reviews, judge, build and write the datasets",
+                      PipelineConfig, cmd_build)
+    p.add_argument("--summary-json", default=None, help="also write the run summary (stats, timings) to this file")
     _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model once (make install does this)",
                   None, cmd_install_model)
     p = _stage_parser(sub, "publish", "upload a dataset folder to the Hugging Face Hub in one commit",
