@@ -25,7 +25,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto clean
+.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench judge-eval clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
@@ -36,6 +36,8 @@ help:
 	@echo "make serve / make stop  local Prefect server + cpu/gpu workers + deployments (PREFECT_PORT=4200)"
 	@echo "make train-dpo         LoRA DPO adapter + evaluation (DATA=<dataset folder or repo> STEPS= OUT= MODEL= ARGS=)"
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
+	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
+	@echo "make judge-eval        accuracy of each polarity judge on the bundled evaluation set"
 
 install: $(VENV)/.installed-$(DEVICE)
 
@@ -94,6 +96,14 @@ serve: install
 
 stop:
 	scripts/stop.sh
+
+# Benchmark (README "Performance"): make bench N=64 [ARGS="--pipeline"]
+bench: install
+	$(PY) bench/bench.py $(if $(N),--n $(N)) $(ARGS)
+
+# Accuracy of each polarity judge on tests/data/judge_eval.jsonl (MODEL= to judge with another model)
+judge-eval: install
+	$(PY) -m prefsynth judge-eval $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 clean:
 	rm -rf data/out .state .pytest_cache
