@@ -59,7 +59,7 @@ class Built:
 _SENTENCE_END = r"[.!?][\"')\]]*"
 
 
-def _clean_text(col: pl.Expr) -> pl.Expr:
+def clean_review(col: pl.Expr) -> pl.Expr:
     """Strip whitespace, a leading 'Review of "...":' echo of the example format, and a leading 'Review:' label."""
     return (col.str.strip_chars()
             .str.replace(r'^(?i)(example \d+:\s*)?review of\s+"[^"\n]*"\s*:\s*', "")
@@ -149,7 +149,7 @@ def _near_duplicate_of_earlier(texts: pl.Series, threshold: float) -> pl.Series:
 
 def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
     """Clean every review and add one boolean column per filter (`bad_*`) plus `bad` (any)."""
-    df = gens.with_columns(_clean_text(pl.col("text")).alias("review"))
+    df = gens.with_columns(clean_review(pl.col("text")).alias("review"))
     truncated = pl.col("finish_reason") == "length"
     if cfg.truncated == "trim":
         df = df.with_columns(pl.when(truncated).then(_trim_to_sentence(pl.col("review")))

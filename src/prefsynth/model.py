@@ -120,6 +120,10 @@ def _folder_fingerprint(folder: Path) -> str:
     return digest
 
 
+# What a Hub model needs to load in transformers and vLLM: configs, weights and every tokenizer format.
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
 def resolve_model(name: str) -> ModelRef:
     """Turn a user's model string into something loadable, or fail with one line."""
     name = (name or BUNDLED).strip()
@@ -140,7 +144,7 @@ def resolve_model(name: str) -> ModelRef:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        folder = Path(snapshot_download(name, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]))
+        folder = Path(snapshot_download(name, local_files_only=True, allow_patterns=_HUB_FILES))
     except HFValidationError:
         raise UserError(f"model {name!r} is neither a local folder nor a valid Hugging Face model id") from None
     except Exception:
@@ -149,7 +153,7 @@ def resolve_model(name: str) -> ModelRef:
                 f"model {name!r} is not a local folder and not in the Hugging Face cache (offline: cannot download)"
             ) from None
         try:
-            folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+            folder = Path(snapshot_download(name, allow_patterns=_HUB_FILES))
         except Exception as e:  # noqa: BLE001 - every download failure is the same story for the user
             raise UserError(f"model {name!r} could not be found or downloaded ({type(e).__name__})") from None
     if not _weights(folder):
