@@ -67,8 +67,9 @@ def test_vllm_and_transformers_agree_on_label_logprobs(tiny_model, tmp_path):
     tb = TransformersBackend(model, _cfg(tiny_model, tmp_path))
     prompts = [vb.chat("is this review negative or positive?"), vb.chat("a longer prompt " * 7)]
     ids = [5, 17, 42, 100]
-    a, b = vb.label_logprobs(prompts, ids), tb.label_logprobs(prompts, ids)
-    for row_a, row_b in zip(a, b):
+    a, b = dict(vb.label_logprobs(prompts, ids)), dict(tb.label_logprobs(prompts, ids))
+    assert sorted(a) == sorted(b) == [0, 1]
+    for row_a, row_b in zip((a[0], a[1]), (b[0], b[1])):
         for x, y in zip(row_a, row_b):
             assert math.isfinite(x) and abs(x - y) < 2e-3
     reqs = [Request(f"k{i}", vb.chat(f"title {i}"), request_seed(f"k{i}")) for i in range(6)]

@@ -51,6 +51,8 @@ class GenerateConfig:
     tensor_parallel_size: int = opt(1, "vLLM: GPUs per model (tensor parallelism)")
     gpu_memory_utilization: float = opt(0.85, "vLLM on GPU: fraction of GPU memory to use")
     enforce_eager: bool = opt(True, "vLLM: skip torch.compile (starts ~50s faster on CPU)")
+    cpu_in_process: bool = opt(True, "vLLM on CPU: run the engine in this process on every core (faster, starts "
+                                     "in seconds, dies with its parent; see prefsynth/vllm_cpu.py)")
     max_model_len: int = opt(2048, "vLLM: context length to reserve per sequence")
     batch_size: int = opt(64, "transformers backend: prompts per batch")
 
@@ -160,18 +162,29 @@ class VLLMBackend(Backend):
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         super().__init__(model, cfg)
         on_gpu = cuda_available()
-        if not on_gpu:
-            # vLLM parses this as an integer number of GiB ("2.0" is rejected)
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
-        from vllm import LLM
-
+        max_len = min(cfg.max_model_len, _context_length(model.path))
         kwargs = dict(
             model=model.path, dtype=self.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
-            max_num_seqs=cfg.max_num_seqs, max_model_len=min(cfg.max_model_len, _context_length(model.path)),
+            max_num_seqs=cfg.max_num_seqs, max_model_len=max_len,
             tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            from prefsynth import vllm_cpu
+
+            # vLLM parses this as an integer number of GiB ("2.0" is rejected)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+            # A prefill split over two steps makes vLLM rewind the request's random generator, which CPU
+            # generators cannot do ("CPU Generator does not use offset") once requests carry their own seed:
+            # schedule whole prefills only.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_len))
+            if cfg.cpu_in_process and cfg.tensor_parallel_size == 1:
+                vllm_cpu.configure_in_process()
+                kwargs["distributed_executor_backend"] = "uni"
+                vllm_cpu.install_fast_sampler()
+        from vllm import LLM
+
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # noqa: BLE001 - engine start failures are configuration problems

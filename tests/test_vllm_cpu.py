@@ -1,0 +1,54 @@
+"""The CPU top-k/top-p kernel gives vLLM's own mask, without sorting the vocabulary.
+
+The two sum probabilities in different orders (vLLM: ascending over the sorted vocabulary; ours: descending over
+the top candidates), so a token whose mass-above sits within float32 rounding of p can fall on either side. The
+test allows exactly that and nothing else: every disagreement must be such a boundary token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+vllm_sampler = pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler")
+
+from prefsynth import vllm_cpu  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reference():
+    vllm_cpu.install_fast_sampler()
+    return vllm_cpu._original
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.7, 1.0, 3.0])
+@pytest.mark.parametrize("p", [0.9, 0.95, 0.999])
+@pytest.mark.parametrize("k", [None, 50, 700])
+def test_same_mask_as_vllm(reference, temperature, p, k):
+    g = torch.Generator().manual_seed(int(temperature * 100 + p * 1000 + (k or 0)))
+    logits = torch.randn(32, 49152, generator=g) * 4 / temperature
+    P = torch.full((32,), p)
+    K = None if k is None else torch.randint(1, k + 1, (32,), generator=g)
+    want = reference(logits.clone(), K, P, True)
+    got = vllm_cpu.top_k_top_p(logits.clone(), K, P, True)
+    differ = torch.isinf(want) != torch.isinf(got)
+    for row, col in differ.nonzero().tolist():
+        assert abs(_mass_above(logits[row], col, None if K is None else int(K[row])) - p) < 1e-5
+    assert differ.sum() <= 2  # a handful of boundary tokens in 32 x 49k, if any
+    both = ~torch.isinf(want) & ~torch.isinf(got)
+    assert torch.equal(want[both], got[both])  # kept tokens keep their logits
+
+
+def _mass_above(row: torch.Tensor, col: int, k: int | None) -> float:
+    """float64 probability mass of the tokens ranked strictly above `col` (within the top-k when set)."""
+    order = row.double().argsort(descending=True)
+    vals = row.double()[order][: k or None]
+    probs = torch.softmax(vals, dim=0)
+    rank = int((order == col).nonzero()[0, 0])
+    return float(probs[:rank].sum())
+
+
+def test_installed_in_vllm(reference):
+    assert vllm_sampler.apply_top_k_top_p_pytorch is vllm_cpu.top_k_top_p
+    logits = torch.randn(4, 1000)
+    out = vllm_sampler.apply_top_k_top_p(logits.clone(), None, torch.full((4,), 0.9))
+    assert torch.equal(torch.isinf(out), torch.isinf(reference(logits.clone(), None, torch.full((4,), 0.9), True)))
