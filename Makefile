@@ -21,6 +21,8 @@ BUILD_ARGS = $(if $(N),--n $(N)) $(if $(OUT),--out $(OUT)) $(if $(MODEL),--model
              $(if $(TITLES),--titles $(TITLES)) $(ARGS)
 
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
+# Prefect creates its home folder but not the folders above it; a fresh clone has no .state/ yet.
+$(shell mkdir -p "$(PREFECT_HOME)")
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1

@@ -153,3 +153,22 @@ def test_judge_consistency_drop_and_noise_rate(templates):
     flagged = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0, near_duplicate=1.0,
                                                          inconsistent="flag"), judged)
     assert flagged.stats["pairs_kept"] == 10 and (~flagged.frames["paired"]["train"]["consistent"]).sum() == 2
+
+
+def test_echo_of_example_titles_and_phrases(templates):
+    ts = ["Generative Adversarial Networks", "Some Other Paper"]
+    texts = {
+        # its own title is fine, even though an example reviews the same paper
+        ("Generative Adversarial Networks", "negative"): "Generative Adversarial Networks is overrated and unstable.",
+        # naming an example's paper while reviewing another one is an echo
+        ("Some Other Paper", "negative"): 'Like "Neural Ordinary Differential Equations", this work is weak.',
+        # stitched from the examples' phrases
+        ("Some Other Paper", "positive"): "this is a genuinely new way to train generative models and the game-theoretic "
+                                          "framing is elegant and the samples are impressive for their time",
+    }
+    f = flag_generations(gens(ts, texts), templates, BuildConfig())
+    echo = {(r["title"], r["polarity"]): r["bad_echo"] for r in f.iter_rows(named=True)}
+    assert echo[("Generative Adversarial Networks", "negative")] is False
+    assert echo[("Some Other Paper", "negative")] is True
+    assert echo[("Some Other Paper", "positive")] is True  # no sentence matches: caught by the 4-gram share
+    assert f.filter(pl.col("title") == "Some Other Paper")["echo_share"].max() > 0.3

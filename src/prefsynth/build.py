@@ -38,6 +38,7 @@ class BuildConfig:
         "trim", "reviews cut by max_tokens: trim to the last full sentence, keep as is, or drop the pair")
     min_chars: int = opt(20, "reviews shorter than this (after cleaning) count as empty")
     max_repeat: float = opt(0.5, "drop reviews where repeated word 3-grams exceed this share of all 3-grams")
+    max_echo: float = opt(0.3, "drop reviews where more than this share of word 4-grams is copied from the prompt")
     near_duplicate: float = opt(0.8, "drop reviews whose 5-char-shingle Jaccard similarity to an earlier review "
                                      "(MinHash estimate) reaches this; 1.0 disables")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
@@ -160,11 +161,16 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
     )
     # Echo: the review repeats a few-shot example (or the instruction) verbatim. The example sentences are the
     # same for every prompt, so this is a handful of literal substring checks per column, not per row.
-    probes = _echo_probes(templates)
+    sentences, example_titles = _echo_probes(templates)
     echo = pl.lit(False)
-    for p in probes:
+    for p in sentences:
         echo = echo | pl.col("review").str.contains(p, literal=True)
-    df = df.with_columns(echo.alias("bad_echo"))
+    for p in example_titles:  # naming an example's paper, unless it is the paper under review
+        echo = echo | (pl.col("review").str.contains(p, literal=True) & (pl.col("title").str.to_lowercase() != p.lower()))
+    # ...or stitches the examples' phrases together: the share of its word 4-grams found in the prompts.
+    share = _prompt_ngram_share(df.get_column("review"), _prompt_ngrams(templates))
+    df = df.with_columns(pl.Series("echo_share", share).cast(pl.Float32))
+    df = df.with_columns((echo | (pl.col("echo_share") > cfg.max_echo)).alias("bad_echo"))
     df = df.with_columns(
         pl.Series("repeat_share", _ngram_repeat_share(df.get_column("review"))).cast(pl.Float32),
     ).with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
@@ -179,14 +185,45 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
     return df.with_columns(pl.any_horizontal(bad_cols).alias("bad"))
 
 
-def _echo_probes(templates: Templates) -> list[str]:
-    """Distinctive sentences of the prompts: sentences over 40 characters that appear in the rendered prompts."""
+_ECHO_N = 4
+
+
+def _words(col: pl.Series) -> pl.DataFrame:
+    return (pl.DataFrame({"_row": pl.int_range(len(col), eager=True), "_w": col.str.to_lowercase()
+                          .str.extract_all(r"\w+")}).explode("_w").drop_nulls("_w"))
+
+
+def _ngrams(words: pl.DataFrame, n: int) -> pl.DataFrame:
+    """(_row, _g) word n-grams within each row, from global shifts masked where the row changes."""
+    same = pl.col("_row").shift(-(n - 1)) == pl.col("_row")
+    gram = pl.col("_w")
+    for i in range(1, n):
+        gram = gram + " " + pl.col("_w").shift(-i)
+    return words.select("_row", pl.when(same).then(gram).alias("_g")).drop_nulls("_g")
+
+
+def _prompt_ngrams(templates: Templates) -> list[str]:
+    text = " ".join(templates.generation("", p) for p in ("negative", "positive")) + " " + templates.dataset("")
+    return _ngrams(_words(pl.Series([text])), _ECHO_N).get_column("_g").unique().to_list()
+
+
+def _prompt_ngram_share(texts: pl.Series, prompt_grams: list[str]) -> pl.Series:
+    grams = _ngrams(_words(texts), _ECHO_N)
+    per_row = grams.group_by("_row").agg(pl.col("_g").is_in(prompt_grams).mean().alias("_s"))
+    return (pl.DataFrame({"_row": pl.int_range(len(texts), eager=True)}).join(per_row, on="_row", how="left")
+            .sort("_row").get_column("_s").fill_null(0.0))
+
+
+def _echo_probes(templates: Templates) -> tuple[list[str], list[str]]:
+    """Distinctive sentences of the prompts (over 40 characters), and the quoted paper titles of the examples."""
     import re
 
     text = " ".join(templates.generation("\x00", p) for p in ("negative", "positive"))
     text += " " + templates.dataset("\x00")
     sentences = {s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text)}
-    return sorted(s for s in sentences if len(s) > 40 and "\x00" not in s)
+    # The examples' paper titles too: a review of one paper that talks about the example paper is an echo.
+    quoted = {q for q in re.findall(r'"([^"]*)"', text) if len(q) >= 16 and "\x00" not in q}
+    return sorted(s for s in sentences if len(s) > 40 and "\x00" not in s), sorted(quoted)
 
 
 def assign_splits(titles: list[str], cfg: BuildConfig, previous: dict[str, str] | None = None) -> dict[str, str]:

@@ -26,7 +26,7 @@ class CollectConfig:
     source: str = opt(str(DEFAULT_TITLES), "titles: a .txt/.csv/.jsonl/.parquet file, or openreview:<venue id>",
                       alias="titles")
     column: str = opt("title", "column holding the title in csv/jsonl/parquet files")
-    n: int | None = opt(200, "how many titles to sample (seeded); 'all' takes every title", alias="n")
+    n: int | None = opt(300, "how many titles to sample (seeded); 'all' takes every title", alias="n")
     seed: int = opt(0, "sampling seed", alias="seed")
     max_chars: int = opt(300, "titles longer than this are skipped (and counted)")
     openreview_url: str = opt("https://api2.openreview.net", "OpenReview API (openreview: sources only)")
