@@ -251,7 +251,8 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
         import psutil
 
         t0 = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = open(base / f"build-{n}.log", "w")  # a file, not a pipe: an unread pipe would block the build
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         peak = 0
         ps = psutil.Process(proc.pid)
         while proc.poll() is None:
@@ -260,10 +261,11 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
             except psutil.Error:
                 pass
             time.sleep(0.25)
-        out, err = proc.communicate()
+        proc.wait()
         wall = time.time() - t0
+        log.close()
         if proc.returncode:
-            raise SystemExit(f"pipeline run failed:\n{err[-3000:]}")
+            raise SystemExit(f"pipeline run failed:\n{(base / f'build-{n}.log').read_text()[-3000:]}")
         stats = json.loads((base / "summary.json").read_text())["stats"]
         return {"wall": wall, "peak_rss_gib": peak / 2**30, "stats": stats}
 
@@ -311,10 +313,14 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=100_000, help="cached generations for the build timing")
     p.add_argument("--pipeline", action="store_true", help="also run a real build + 10%% refresh")
     p.add_argument("--pipeline-n", type=int, default=200)
+    p.add_argument("--only-pipeline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         print("BENCH-RESULT " + json.dumps(WORKERS[a.worker](a)), flush=True)
+        return 0
+    if a.only_pipeline:
+        print(json.dumps(pipeline_figures(a), indent=2))
         return 0
 
     res: dict = {"model": a.model, "n_titles": a.n, "max_tokens": a.max_tokens, "temperature": a.temperature,

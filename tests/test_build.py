@@ -66,7 +66,7 @@ def test_chosen_is_negative_by_default_and_reversible(templates):
     ts = titles(5)
     p = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0)).frames["paired"]["train"]
     assert all(c[0]["content"].startswith("The method is weak") for c in p["chosen"])
-    assert all(m[0]["role"] == "user" and "Example 1" in m[0]["content"] for m in p["prompt"])
+    assert all(m[0]["role"] == "user" and "Example review 1" in m[0]["content"] for m in p["prompt"])
     q = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0, chosen="positive",
                                                    conversational=False)).frames["paired"]["train"]
     assert all(c.startswith("A beautiful") for c in q["chosen"]) and q.schema["prompt"] == pl.Utf8
@@ -85,8 +85,7 @@ def test_unpaired_rows_alternate_labels(templates):
 
 def test_filters_count_what_they_drop(templates):
     ts = titles(10)
-    echo = "The authors stack more layers and call it a breakthrough. The identity shortcut is an engineering trick " \
-           "with no theory behind it, and the paper never explains why depth should help."
+    echo = "The central claim rests on two small datasets and baselines that are years out of date. Sadly so."
     texts = {
         (ts[0], "negative"): "   ",
         (ts[1], "positive"): echo,
@@ -155,14 +154,29 @@ def test_judge_consistency_drop_and_noise_rate(templates):
     assert flagged.stats["pairs_kept"] == 10 and (~flagged.frames["paired"]["train"]["consistent"]).sum() == 2
 
 
-def test_echo_of_example_titles_and_phrases(templates):
+def test_echo_of_example_titles_and_phrases(tmp_path):
+    """Prompts whose examples name a paper (as the original Reviewer #2 prompts did): naming that paper while
+    reviewing another is an echo; so is a review stitched from the examples' phrases."""
+    import shutil
+
+    from prefsynth.prompts import DEFAULT_DIR
+
+    d = tmp_path / "prompts"
+    shutil.copytree(DEFAULT_DIR, d)
+    (d / "_examples.j2").write_text(
+        '{% macro negative() %}Review of "Neural Ordinary Differential Equations": An old idea dressed up, with '
+        'small experiments.{% endmacro %}{% macro negative2() %}Weak.{% endmacro %}'
+        '{% macro positive() %}Review of "Generative Adversarial Networks": A genuinely new way to train generative '
+        'models. The game-theoretic framing is elegant, and the samples are impressive for their time.{% endmacro %}'
+        '{% macro positive2() %}Good.{% endmacro %}')
+    templates = Templates(PromptConfig(dir=d))
     ts = ["Generative Adversarial Networks", "Some Other Paper"]
     texts = {
         # its own title is fine, even though an example reviews the same paper
         ("Generative Adversarial Networks", "negative"): "Generative Adversarial Networks is overrated and unstable.",
         # naming an example's paper while reviewing another one is an echo
         ("Some Other Paper", "negative"): 'Like "Neural Ordinary Differential Equations", this work is weak.',
-        # stitched from the examples' phrases
+        # stitched from the examples' phrases, no whole sentence copied
         ("Some Other Paper", "positive"): "this is a genuinely new way to train generative models and the game-theoretic "
                                           "framing is elegant and the samples are impressive for their time",
     }
@@ -170,5 +184,5 @@ def test_echo_of_example_titles_and_phrases(templates):
     echo = {(r["title"], r["polarity"]): r["bad_echo"] for r in f.iter_rows(named=True)}
     assert echo[("Generative Adversarial Networks", "negative")] is False
     assert echo[("Some Other Paper", "negative")] is True
-    assert echo[("Some Other Paper", "positive")] is True  # no sentence matches: caught by the 4-gram share
+    assert echo[("Some Other Paper", "positive")] is True  # caught by the 4-gram share
     assert f.filter(pl.col("title") == "Some Other Paper")["echo_share"].max() > 0.3

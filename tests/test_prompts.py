@@ -29,7 +29,7 @@ def test_titles_are_never_evaluated(title):
 def test_polarity_prompts_differ_and_dataset_prompt_is_neutral():
     t = Templates(PromptConfig())
     neg, pos, ds = t.generation("X", "negative"), t.generation("X", "positive"), t.dataset("X")
-    assert "negative review" in neg and "positive review" in pos
+    assert "harsh, critical" in neg and "warm, enthusiastic" in pos
     assert "negative" not in ds.lower() and "positive" not in ds.lower()
     assert ds.count("Example") == 2 and neg.count("Example") == 2
 

@@ -61,9 +61,11 @@ _SENTENCE_END = r"[.!?][\"')\]]*"
 
 
 def clean_review(col: pl.Expr) -> pl.Expr:
-    """Strip whitespace, a leading 'Review of "...":' echo of the example format, and a leading 'Review:' label."""
+    """Strip whitespace, a leading preamble line ("Here's a harsh review:"), a 'Review of "...":' echo of the
+    example format and a leading 'Review:' label."""
     return (col.str.strip_chars()
-            .str.replace(r'^(?i)(example \d+:\s*)?review of\s+"[^"\n]*"\s*:\s*', "")
+            .str.replace(r"^(?i)(sure[,!.]?\s*)?here(?:'s| is)[^\n]{0,100}:\s*", "")
+            .str.replace(r'^(?i)(example( review)? \d+:\s*)?review of\s+"[^"\n]*"\s*:\s*', "")
             .str.replace(r"^(?i)(your )?review:\s*", "")
             .str.strip_chars())
 

@@ -51,6 +51,10 @@ def quiet_libraries() -> None:
     logging.getLogger("prefsynth").setLevel(logging.INFO)
     for name in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("vllm").setLevel(logging.ERROR)  # e.g. "Triton is installed, but doesn't include CPU backend"
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\..*")
     if "prefect" in sys.modules:
         hide_user_error_tracebacks()
 
