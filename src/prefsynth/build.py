@@ -75,17 +75,11 @@ def _trim_to_sentence(col: pl.Expr) -> pl.Expr:
     return col.str.extract(rf"(?s)^(.*{_SENTENCE_END})", 1).fill_null("").str.strip_chars()
 
 
-def _ngram_repeat_share(texts: pl.Series) -> pl.Series:
-    """Share of word 3-grams in each text that repeat an earlier 3-gram of the same text (0 = none)."""
-    n = len(texts)
-    words = (pl.DataFrame({"_row": pl.int_range(n, eager=True), "_w": texts.str.to_lowercase().str.extract_all(r"\w+")})
-             .explode("_w").drop_nulls("_w"))
-    same = pl.col("_row").shift(-2) == pl.col("_row")
-    grams = words.select("_row", pl.when(same).then(pl.col("_w") + " " + pl.col("_w").shift(-1) + " "
-                                                    + pl.col("_w").shift(-2)).alias("_g")).drop_nulls("_g")
-    per_row = grams.group_by("_row").agg((1 - pl.col("_g").n_unique() / pl.len()).alias("_share"))
-    return (pl.DataFrame({"_row": pl.int_range(n, eager=True)}).join(per_row, on="_row", how="left")
-            .sort("_row").get_column("_share").fill_null(0.0))
+def _per_row(grams: pl.DataFrame, n_rows: int, agg: pl.Expr) -> pl.Series:
+    """One value per row (0 for rows without any n-gram) from an aggregation over that row's n-grams."""
+    per_row = grams.group_by("_row").agg(agg.alias("_v"))
+    return (pl.DataFrame({"_row": pl.int_range(n_rows, eager=True)}).join(per_row, on="_row", how="left")
+            .sort("_row").get_column("_v").fill_null(0.0))
 
 
 _MINHASH_PERMS = 16
@@ -93,7 +87,7 @@ _BANDS = 4  # 4 bands x 4 rows: pairs at Jaccard 0.8 become candidates with prob
 _MAX_BUCKET = 64  # compare a row with at most this many earlier rows of one bucket (exact copies are removed first)
 
 
-def _near_duplicate_of_earlier(texts: pl.Series, threshold: float) -> pl.Series:
+def _near_duplicate_of_earlier(grams: pl.DataFrame, n: int, threshold: float) -> pl.Series:
     """True for rows whose word-3-gram Jaccard similarity with an earlier row reaches `threshold`.
 
     MinHash signatures are computed in numpy over all 3-grams at once (multiply-shift hashing, one pass per
@@ -102,18 +96,8 @@ def _near_duplicate_of_earlier(texts: pl.Series, threshold: float) -> pl.Series:
     """
     import numpy as np
 
-    n = len(texts)
     flags = np.zeros(n, dtype=bool)
-    if threshold >= 1.0 or n < 2:
-        return pl.Series(flags)
-    words = (pl.DataFrame({"_row": np.arange(n), "_w": texts.str.to_lowercase().str.extract_all(r"\w+")})
-             .explode("_w").drop_nulls("_w"))
-    # Global shifts, masked where the row changes: much cheaper than shift().over("_row").
-    same = (pl.col("_row").shift(-2) == pl.col("_row"))
-    grams = (words.with_columns(pl.when(same).then(pl.col("_w") + " " + pl.col("_w").shift(-1) + " "
-                                                   + pl.col("_w").shift(-2)).alias("_g"))
-             .drop_nulls("_g"))
-    if grams.height == 0:
+    if threshold >= 1.0 or n < 2 or grams.height == 0:
         return pl.Series(flags)
     rows = grams.get_column("_row").to_numpy()
     h = grams.get_column("_g").hash(seed=11).to_numpy()
@@ -161,6 +145,10 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
         truncated.alias("truncated"),
         (pl.col("review").str.len_chars() < cfg.min_chars).alias("bad_empty"),
     )
+    # Every n-gram feature below comes from one pass over the words, in the final (deterministic) row order.
+    df = df.sort("title", "polarity")
+    words = _words(df.get_column("review"))
+    grams3, grams4 = _ngrams(words, 3), _ngrams(words, _ECHO_N)
     # Echo: the review repeats a few-shot example (or the instruction) verbatim. The example sentences are the
     # same for every prompt, so this is a handful of literal substring checks per column, not per row.
     sentences, example_titles = _echo_probes(templates)
@@ -170,18 +158,18 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
     for p in example_titles:  # naming an example's paper, unless it is the paper under review
         echo = echo | (pl.col("review").str.contains(p, literal=True) & (pl.col("title").str.to_lowercase() != p.lower()))
     # ...or stitches the examples' phrases together: the share of its word 4-grams found in the prompts.
-    share = _prompt_ngram_share(df.get_column("review"), _prompt_ngrams(templates))
+    share = _per_row(grams4, df.height, pl.col("_g").is_in(_prompt_ngrams(templates)).mean())
     df = df.with_columns(pl.Series("echo_share", share).cast(pl.Float32))
     df = df.with_columns((echo | (pl.col("echo_share") > cfg.max_echo)).alias("bad_echo"))
-    df = df.with_columns(
-        pl.Series("repeat_share", _ngram_repeat_share(df.get_column("review"))).cast(pl.Float32),
-    ).with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
+    # Repetition: the share of a review's word 3-grams that repeat an earlier 3-gram of the same review.
+    repeat = _per_row(grams3, df.height, 1 - pl.col("_g").n_unique() / pl.len())
+    df = df.with_columns(pl.Series("repeat_share", repeat).cast(pl.Float32))
+    df = df.with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
     df = df.with_columns((truncated & (cfg.truncated == "drop")).alias("bad_truncated"))
-    # Duplicates across titles: the first occurrence (in a deterministic order) stays.
-    df = df.sort("title", "polarity")
+    # Duplicates across titles: the first occurrence (in the sorted order) stays.
     norm = pl.col("review").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
     df = df.with_columns(norm.is_duplicated().and_(norm.is_first_distinct().not_()).alias("bad_duplicate"))
-    near = _near_duplicate_of_earlier(df.get_column("review"), cfg.near_duplicate)
+    near = _near_duplicate_of_earlier(grams3, df.height, cfg.near_duplicate)
     df = df.with_columns((pl.Series("bad_near_duplicate", near) & ~pl.col("bad_duplicate")))
     bad_cols = [c for c in df.columns if c.startswith("bad_")]
     return df.with_columns(pl.any_horizontal(bad_cols).alias("bad"))
@@ -207,13 +195,6 @@ def _ngrams(words: pl.DataFrame, n: int) -> pl.DataFrame:
 def _prompt_ngrams(templates: Templates) -> list[str]:
     text = " ".join(templates.generation("", p) for p in ("negative", "positive")) + " " + templates.dataset("")
     return _ngrams(_words(pl.Series([text])), _ECHO_N).get_column("_g").unique().to_list()
-
-
-def _prompt_ngram_share(texts: pl.Series, prompt_grams: list[str]) -> pl.Series:
-    grams = _ngrams(_words(texts), _ECHO_N)
-    per_row = grams.group_by("_row").agg(pl.col("_g").is_in(prompt_grams).mean().alias("_s"))
-    return (pl.DataFrame({"_row": pl.int_range(len(texts), eager=True)}).join(per_row, on="_row", how="left")
-            .sort("_row").get_column("_s").fill_null(0.0))
 
 
 def _echo_probes(templates: Templates) -> tuple[list[str], list[str]]:
