@@ -148,7 +148,9 @@ def test_judge_consistency_drop_and_noise_rate(templates):
     assert out.stats["noise_rate_before"] == 0.2 and out.stats["noise_rate_after"] == 0.0
     assert out.stats["dropped"]["inconsistent"] == 2 and out.stats["pairs_kept"] == 8
     kept = out.frames["paired"]["train"]
-    assert {"chosen_judge_llm", "rejected_judge_llm", "consistent"} <= set(kept.columns)
+    assert {"chosen_judge_llm", "rejected_judge_llm", "chosen_judges_agree", "consistent"} <= set(kept.columns)
+    # lexicon 0.5 counts as the positive side: it agrees with the llm only on the 8 unflipped positive reviews of 20
+    assert out.stats["judge_agreement"] == 0.4
     flagged = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0, near_duplicate=1.0,
                                                          inconsistent="flag"), judged)
     assert flagged.stats["pairs_kept"] == 10 and (~flagged.frames["paired"]["train"]["consistent"]).sum() == 2

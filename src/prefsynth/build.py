@@ -241,7 +241,12 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
 
     keep_cols = ["title", "key", "review", "finish_reason", "completion_tokens", "truncated", "repeat_share",
                  "bad"] + [c for c in flagged.columns if c.startswith("bad_")]
-    judge_cols = [c for c in ("judge_llm", "judge_lexicon", "judge_negative") if c in flagged.columns]
+    if {"judge_llm", "judge_lexicon"} <= set(flagged.columns):
+        # Per review: do the two judges put it on the same side of 0.5? (null when one judge did not run)
+        both = pl.col("judge_llm").is_not_nan() & pl.col("judge_lexicon").is_not_nan()
+        flagged = flagged.with_columns(pl.when(both).then((pl.col("judge_llm") > 0.5) == (pl.col("judge_lexicon") > 0.5))
+                                       .alias("judges_agree"))
+    judge_cols = [c for c in ("judge_llm", "judge_lexicon", "judge_negative", "judges_agree") if c in flagged.columns]
     side = flagged.select(keep_cols + judge_cols + ["polarity"])
     ch = side.filter(pl.col("polarity") == cfg.chosen).drop("polarity")
     rj = side.filter(pl.col("polarity") == rejected_pol).drop("polarity")
@@ -259,8 +264,6 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
         sign = 1 if cfg.chosen == "negative" else -1
         pairs = pairs.with_columns(
             (sign * (pl.col("judge_negative") - pl.col("judge_negative_r")) > 0).alias("consistent"),
-            ((pl.col("judge_llm") > 0.5) == (pl.col("judge_lexicon") > 0.5)).alias("judges_agree"),
-            ((pl.col("judge_llm_r") > 0.5) == (pl.col("judge_lexicon_r") > 0.5)).alias("judges_agree_r"),
         )
         clean = pairs.filter(~pl.col("_drop"))
         stats["noise_rate_before"] = _rate(pairs, "consistent")
@@ -269,8 +272,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
             drops["inconsistent"] = int((~pairs.get_column("consistent") & ~pairs.get_column("_drop")).sum())
             pairs = pairs.with_columns((pl.col("_drop") | ~pl.col("consistent")).alias("_drop"))
         stats["noise_rate_after"] = _rate(pairs.filter(~pl.col("_drop")), "consistent")
-        stats["judge_agreement"] = round(float(pl.concat([pairs.get_column("judges_agree"),
-                                                          pairs.get_column("judges_agree_r")]).mean()), 4)
+        agree = pl.concat([pairs.get_column("judges_agree"), pairs.get_column("judges_agree_r")]).drop_nulls()
+        stats["judge_agreement"] = round(float(agree.mean()), 4) if len(agree) else float("nan")
     stats["dropped"] = drops
     stats["pairs_dropped"] = int(pairs.get_column("_drop").sum())
     kept = pairs.filter(~pl.col("_drop")).sort("title")
