@@ -70,3 +70,13 @@ def test_sandbox_blocks_unsafe_attribute_access(tdir):
     (tdir / "judge.j2").write_text("{{ review.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(UserError):
         Templates(PromptConfig(dir=tdir)).judge("x")
+
+
+def test_cache_hashes_follow_only_the_templates_that_shaped_the_text(tdir):
+    before = Templates(PromptConfig(dir=tdir))
+    (tdir / "judge.j2").write_text((tdir / "judge.j2").read_text() + "\n{# edited #}\n")
+    after = Templates(PromptConfig(dir=tdir))
+    assert after.hash_for("negative") == before.hash_for("negative")  # reviews stay cached
+    assert after.hash_for("judge") != before.hash_for("judge")  # judgements do not
+    (tdir / "_examples.j2").write_text((tdir / "_examples.j2").read_text() + "\n{# edited #}\n")
+    assert Templates(PromptConfig(dir=tdir)).hash_for("positive") != before.hash_for("positive")  # partials count

@@ -389,7 +389,7 @@ def cache_root(cfg: GenerateConfig) -> Path:
 
 
 def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, title: str, polarity: str) -> str:
-    return make_key(model=model.fingerprint, templates=templates.hash, params=cfg.sampling(),
+    return make_key(model=model.fingerprint, templates=templates.hash_for(polarity), params=cfg.sampling(),
                     system=cfg.system_prompt, title=title, polarity=polarity)
 
 
@@ -423,7 +423,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
                 journal.add({"key": out.key, "title": title, "polarity": polarity, "text": out.text,
                              "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                              "finish_reason": out.finish_reason, "model": model.name,
-                             "template_hash": templates.hash, "backend": backend.name})
+                             "template_hash": templates.hash_for(polarity), "backend": backend.name})
                 stats["generated"] += 1
                 stats["completion_tokens"] += out.completion_tokens
                 stats["prompt_tokens"] += out.prompt_tokens

@@ -142,7 +142,8 @@ def combine(llm: pl.Expr, lex: pl.Expr, cfg: JudgeConfig) -> pl.Expr:
 
 def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: GenerateConfig) -> Judged:
     t0 = time.time()
-    fingerprint = make_key(model=gens.model.fingerprint, templates=templates.hash, llm=cfg.llm, lexicon=cfg.lexicon,
+    fingerprint = make_key(model=gens.model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
+                           lexicon=cfg.lexicon,
                            words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=gen_cfg.system_prompt,
                            calibrate=[cfg.calibrate, CONTENT_FREE])
     store = Store(cache_root(gen_cfg), "judgements", JUDGE_SCHEMA)

@@ -1,7 +1,8 @@
 """Stage 2, prompts: Jinja2 templates from `prompts/`, rendered in a sandbox.
 
 Titles and reviews are passed as variables, so `{{ 7*7 }}` inside a title is printed, never evaluated. The template
-set is hashed (every file in the folder, names included) and the hash goes into every cache key and the card.
+set is hashed (every file in the folder, names included) for the card; each cache key uses the hash of just the
+templates that shaped it (`hash_for`), so editing the judge prompt does not throw away generated reviews.
 """
 
 from __future__ import annotations
@@ -48,11 +49,9 @@ class Templates:
             loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined, autoescape=False,
             keep_trailing_newline=False,
         )
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".j2")
-        h = hashlib.sha256()
-        for p in files:
-            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-        self.hash = h.hexdigest()[:16]
+        self._files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+                       if p.is_file() and p.suffix == ".j2"}
+        self.hash = self.hash_for(*(p[:-3] for p in self._files))
         self._compiled: dict[str, jinja2.Template] = {}
         for name, required in REQUIRED.items():
             path = folder / f"{name}.j2"
@@ -72,6 +71,15 @@ class Templates:
             if unknown := used - required:
                 raise UserError(f"prompt template {path.name} uses unknown variable {sorted(unknown)[0]!r} "
                                 f"(available: {', '.join(sorted(required))})")
+
+    def hash_for(self, *names: str) -> str:
+        """Hash of the named templates plus every partial (a file not among the four required templates, such as
+        `_examples.j2`): an import can pull any of them in, so each counts for every template."""
+        wanted = {f"{n}.j2" for n in names} | {f for f in self._files if f[:-3] not in REQUIRED}
+        h = hashlib.sha256()
+        for name in sorted(wanted & set(self._files)):
+            h.update(name.encode() + b"\0" + self._files[name] + b"\0")
+        return h.hexdigest()[:16]
 
     def render(self, name: str, **variables: str) -> str:
         try:
