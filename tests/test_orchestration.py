@@ -24,6 +24,7 @@ import yaml
 
 from prefsynth import orchestrate
 from prefsynth.errors import UserError
+from tiny_model import LOOSE_FILTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = ROOT / ".venv" / "bin" / "prefect"
@@ -39,8 +40,7 @@ def tiny_config(model: Path, out: Path, cache: Path, **collect) -> dict:
     return {
         "collect": {"n": 12, **collect},
         "generate": {"model": str(model), "backend": "transformers", "max_tokens": 16, "cache_dir": str(cache)},
-        "build": {"out": str(out), "formats": "paired", "truncated": "keep", "inconsistent": "keep",
-                  "near_duplicate": 1.0},
+        "build": {"out": str(out), "formats": "paired", **LOOSE_FILTERS},
     }
 
 
@@ -217,7 +217,8 @@ def test_paired_deployment_runs_through_the_cli(paired_run, api):
     ds = datasets.load_dataset(str(paired_run["out"]), "paired")
     paired = json.loads((paired_run["out"] / "prefsynth.json").read_text())["configs"]["paired"]
     assert paired["stats"]["pairs_generated"] == 12
-    assert (ds["train"].num_rows, ds["validation"].num_rows) == (paired["rows"]["train"], paired["rows"]["validation"])
+    # 12 titles put one in validation; if the filters drop that pair the split is empty and the card omits it.
+    assert {k: v.num_rows for k, v in ds.items()} == {k: n for k, n in paired["rows"].items() if n}
     assert ds["train"].num_rows > 0 and {"prompt", "chosen", "rejected"} <= set(ds["train"].column_names)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from prefsynth.pipeline import PipelineConfig, run
 from prefsynth.config import from_dict
+from tiny_model import LOOSE_FILTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +27,7 @@ def tiny_cfg(tiny_model, tmp_path, out="out", n=12, formats="paired", **build) -
         "generate": {"model": str(tiny_model), "backend": "transformers", "max_tokens": 16,
                      "cache_dir": str(tmp_path / "cache")},
         "judge": {"llm": True},
-        "build": {"out": str(tmp_path / out), "formats": formats, "truncated": "keep", "inconsistent": "keep",
-                  "near_duplicate": 1.0, "min_chars": 1, "max_repeat": 1.0, **build},
+        "build": {"out": str(tmp_path / out), "formats": formats, **LOOSE_FILTERS, **build},
     })
 
 

@@ -22,20 +22,19 @@ from prefsynth.config import from_dict
 from prefsynth.generate import GEN_SCHEMA
 from prefsynth.judge import JUDGE_SCHEMA
 from prefsynth.pipeline import PipelineConfig, run
+from tiny_model import LOOSE_ARGS, LOOSE_FILTERS
 
 N = 12  # titles -> 24 reviews, 24 judgements
 
 ARGS = ["--n", str(N), "--generate.backend", "transformers", "--generate.max_tokens", "12",
-        "--formats", "both", "--build.truncated", "keep", "--build.inconsistent", "keep",
-        "--build.near_duplicate", "1.0", "--build.min_chars", "1", "--build.max_repeat", "1.0"]
+        "--formats", "both", *LOOSE_ARGS]
 
 
 def cfg_for(tiny_model, cache: Path, out: Path) -> PipelineConfig:
     return from_dict(PipelineConfig, {
         "collect": {"n": N},
         "generate": {"model": str(tiny_model), "backend": "transformers", "max_tokens": 12, "cache_dir": str(cache)},
-        "build": {"out": str(out), "formats": "both", "truncated": "keep", "inconsistent": "keep",
-                  "near_duplicate": 1.0, "min_chars": 1, "max_repeat": 1.0},
+        "build": {"out": str(out), "formats": "both", **LOOSE_FILTERS},
     })
 
 

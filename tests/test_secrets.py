@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hub_server import HubServer
+from tiny_model import LOOSE_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTINEL = "hf_SENTINELtokenDoNotLeak0123456789abcdef"
@@ -37,8 +38,7 @@ def test_sentinel_token_never_written_anywhere(tiny_model, tmp_path):
         env.pop("HF_HUB_OFFLINE", None)
         cmd = [sys.executable, str(ROOT / "flows" / "build_dataset.py"), "--model", str(tiny_model), "--n", "4",
                "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--generate.backend",
-               "transformers", "--generate.max_tokens", "8", "--build.truncated", "keep", "--build.inconsistent",
-               "keep", "--build.near_duplicate", "1.0", "--build.min_chars", "1", "--build.max_repeat", "1.0",
+               "transformers", "--generate.max_tokens", "8", *LOOSE_ARGS,
                "--publish.repo_id", "tester/sentinel", "--publish.endpoint", hub.endpoint]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]

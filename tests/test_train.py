@@ -18,6 +18,7 @@ import pytest
 
 from prefsynth.errors import UserError
 from prefsynth.train import EvalSettings, TrainConfig, fit_prompt, kto_order, train
+from tiny_model import LOOSE_FILTERS
 
 TITLES = Path(__file__).resolve().parents[1] / "data" / "titles.txt"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,8 +38,7 @@ def built(tiny_model: Path, tmp_path_factory) -> Path:
         generate=GenerateConfig(model=str(tiny_model), backend="transformers", max_tokens=24,
                                 cache_dir=root / "cache"),
         # The tiny model's noise fails most quality filters; keep every pair so there is data to train on.
-        build=BuildConfig(out=root / "ds", formats="both", truncated="keep", inconsistent="keep", near_duplicate=1.0,
-                          validation_fraction=0.25),
+        build=BuildConfig(out=root / "ds", formats="both", validation_fraction=0.25, **LOOSE_FILTERS),
     )
     try:
         run(cfg)
