@@ -1,6 +1,4 @@
-import sys
-
-from prefsynth.cli import main
+from prefsynth.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

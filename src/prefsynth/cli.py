@@ -72,7 +72,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         summary = run(cfg)
     finally:
-        close_backends()
+        close_backends(process_exit=_PROCESS_ENTRY)
     _print_summary(summary)
     if args.summary_json:
         from prefsynth.config import to_dict
@@ -113,7 +113,7 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
         backend = get_backend(resolve_model(gen.model), gen) if args.backend != "none" else None
         report = evaluate(rows, backend, Templates(PromptConfig()), parse_into(JudgeConfig, args))
     finally:
-        close_backends()
+        close_backends(process_exit=_PROCESS_ENTRY)
     kinds = sorted(next(iter(report["by_kind"].values())))
     print(f"judge accuracy on {report['n']} reviews ({report['negative']} negative), model {gen.model}; "
           f"undecided scores (exactly 0.5) count as half right")
@@ -226,5 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(go)
 
 
+_PROCESS_ENTRY = False  # set by entry(): this process ends when the command returns
+
+
+def entry() -> None:
+    """The `prefsynth` command. Once the command has returned, every output is renamed into place and every
+    journal closed; what is left is the interpreter freeing torch's and vLLM's objects one by one (~2 s on two
+    cores), which we skip. Not for in-process callers: use main()."""
+    global _PROCESS_ENTRY
+    _PROCESS_ENTRY = True
+    rc = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

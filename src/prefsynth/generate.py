@@ -111,6 +111,7 @@ def resolve_dtype(dtype: str) -> str:
 
 class Backend(ABC):
     name: str
+    in_process = False  # True when the engine has no worker processes of its own to stop
 
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         self.model = model
@@ -185,6 +186,7 @@ class VLLMBackend(Backend):
             # shared prefix (~45 tokens) was never reused. 32 is the smallest block its attention accepts.
             kwargs["block_size"] = cfg.cpu_block_size
             if cfg.cpu_in_process and cfg.tensor_parallel_size == 1:
+                self.in_process = True
                 vllm_cpu.configure_in_process()
                 kwargs["distributed_executor_backend"] = "uni"
                 vllm_cpu.install_fast_sampler()
@@ -242,6 +244,8 @@ class VLLMBackend(Backend):
 class TransformersBackend(Backend):
     """Fallback for machines without vLLM: batched decoding with a per-request torch.Generator, so each review
     depends on its own seed and not on which other prompts share its batch."""
+
+    in_process = True
 
     name = "transformers"
 
@@ -372,9 +376,12 @@ def get_backend(model: ModelRef, cfg: GenerateConfig) -> Backend:
     return _BACKENDS[ident]
 
 
-def close_backends() -> None:
+def close_backends(process_exit: bool = False) -> None:
+    """Shut the engines down. When the process is about to end, engines that live wholly inside it are left to
+    the OS: their orderly shutdown is ~1 s of garbage collection that frees nothing anyone will use."""
     for b in _BACKENDS.values():
-        b.close()
+        if not (process_exit and b.in_process):
+            b.close()
     _BACKENDS.clear()
 
 
