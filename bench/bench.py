@@ -316,7 +316,8 @@ def main() -> int:
                    help="prompts for the one-at-a-time baseline (a rate: a subset measures it fairly)")
     p.add_argument("--rows", type=int, default=100_000, help="cached generations for the build timing")
     p.add_argument("--pipeline", action="store_true", help="also run a real build + 10%% refresh")
-    p.add_argument("--pipeline-n", type=int, default=300, help="titles in the full build (at most 10/11 of the titles file, leaving room for the refresh)")
+    p.add_argument("--pipeline-n", type=int, default=300,
+                   help="titles in the full build (at most 10/11 of the titles file: the rest is the refresh)")
     p.add_argument("--only-pipeline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -192,17 +192,20 @@ def _ngrams(words: pl.DataFrame, n: int) -> pl.DataFrame:
     return words.select("_row", pl.when(same).then(gram).alias("_g")).drop_nulls("_g")
 
 
+def _prompts_text(templates: Templates, title: str) -> str:
+    """Every prompt a review could copy from, rendered for `title`."""
+    return " ".join(templates.generation(title, p) for p in ("negative", "positive")) + " " + templates.dataset(title)
+
+
 def _prompt_ngrams(templates: Templates) -> list[str]:
-    text = " ".join(templates.generation("", p) for p in ("negative", "positive")) + " " + templates.dataset("")
-    return _ngrams(_words(pl.Series([text])), _ECHO_N).get_column("_g").unique().to_list()
+    return _ngrams(_words(pl.Series([_prompts_text(templates, "")])), _ECHO_N).get_column("_g").unique().to_list()
 
 
 def _echo_probes(templates: Templates) -> tuple[list[str], list[str]]:
     """Distinctive sentences of the prompts (over 40 characters), and the quoted paper titles of the examples."""
     import re
 
-    text = " ".join(templates.generation("\x00", p) for p in ("negative", "positive"))
-    text += " " + templates.dataset("\x00")
+    text = _prompts_text(templates, "\x00")
     sentences = {s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text)}
     # The examples' paper titles too: a review of one paper that talks about the example paper is an echo.
     quoted = {q for q in re.findall(r'"([^"]*)"', text) if len(q) >= 16 and "\x00" not in q}

@@ -65,14 +65,9 @@ def _print_summary(summary) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from prefsynth.config import parse_into
-    from prefsynth.generate import close_backends
     from prefsynth.pipeline import PipelineConfig, run
 
-    cfg = parse_into(PipelineConfig, args)
-    try:
-        summary = run(cfg)
-    finally:
-        close_backends(process_exit=_PROCESS_ENTRY)
+    summary = run(parse_into(PipelineConfig, args))
     _print_summary(summary)
     if args.summary_json:
         from prefsynth.config import to_dict
@@ -102,18 +97,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_judge_eval(args: argparse.Namespace) -> int:
     """Accuracy of each polarity judge on the bundled evaluation set (reviews with known labels)."""
     from prefsynth.config import parse_into
-    from prefsynth.generate import GenerateConfig, close_backends, get_backend
+    from prefsynth.generate import GenerateConfig, get_backend
     from prefsynth.judge import EVAL_SET, JudgeConfig, evaluate, load_eval_set
     from prefsynth.model import resolve_model
     from prefsynth.prompts import PromptConfig, Templates
 
     gen = GenerateConfig(model=args.model, backend=args.backend)
     rows = load_eval_set(Path(args.set or EVAL_SET))
-    try:
-        backend = get_backend(resolve_model(gen.model), gen) if args.backend != "none" else None
-        report = evaluate(rows, backend, Templates(PromptConfig()), parse_into(JudgeConfig, args))
-    finally:
-        close_backends(process_exit=_PROCESS_ENTRY)
+    backend = get_backend(resolve_model(gen.model), gen) if args.backend != "none" else None
+    report = evaluate(rows, backend, Templates(PromptConfig()), parse_into(JudgeConfig, args))
     kinds = sorted(next(iter(report["by_kind"].values())))
     print(f"judge accuracy on {report['n']} reviews ({report['negative']} negative), model {gen.model}; "
           f"undecided scores (exactly 0.5) count as half right")
@@ -222,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "field" in str(e) or "must be" in str(e):
                 raise UserError(str(e)) from None
             raise
+        finally:  # engines a command loaded (build, judge-eval), however it ended
+            if "prefsynth.generate" in sys.modules:
+                sys.modules["prefsynth.generate"].close_backends(process_exit=_PROCESS_ENTRY)
 
     return run_cli(go)
 

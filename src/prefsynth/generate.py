@@ -245,9 +245,8 @@ class TransformersBackend(Backend):
     """Fallback for machines without vLLM: batched decoding with a per-request torch.Generator, so each review
     depends on its own seed and not on which other prompts share its batch."""
 
-    in_process = True
-
     name = "transformers"
+    in_process = True
 
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         super().__init__(model, cfg)
