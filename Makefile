@@ -12,13 +12,15 @@ TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 # Pipeline knobs (empty = the defaults in src/prefsynth): make paired N=1100 OUT=/tmp/r2 MODEL=... TITLES=...
+# ENGINE=http://127.0.0.1:8765 sends generation and judging to a running `make engine` server.
 N      ?=
 OUT    ?=
 MODEL  ?=
 TITLES ?=
+ENGINE ?=
 ARGS   ?=
 BUILD_ARGS = $(if $(N),--n $(N)) $(if $(OUT),--out $(OUT)) $(if $(MODEL),--model $(MODEL)) \
-             $(if $(TITLES),--titles $(TITLES)) $(ARGS)
+             $(if $(TITLES),--titles $(TITLES)) $(if $(ENGINE),--engine $(ENGINE)) $(ARGS)
 
 export PREFECT_HOME ?= $(CURDIR)/.state/prefect
 # Prefect creates its home folder but not the folders above it; a fresh clone has no .state/ yet.
@@ -36,6 +38,8 @@ help:
 	@echo "make test              the test suite (what CI runs)"
 	@echo "make publish OUT=<folder> REPO=<namespace/name>"
 	@echo "make serve / make stop  local Prefect server + cpu/gpu workers + deployments (PREFECT_PORT=4200)"
+	@echo "make engine            a vLLM server holding the model; builds use it with ENGINE=<its URL> (ENGINE_PORT=8765)"
+	@echo "make engine-stop       stop it"
 	@echo "make train-dpo         LoRA DPO adapter + evaluation (DATA=<dataset folder or repo> STEPS= OUT= MODEL= ARGS=)"
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
@@ -98,6 +102,14 @@ serve: install
 
 stop:
 	scripts/stop.sh
+
+# A long-lived vLLM server (README "Performance"): runs with --engine skip the ~10 s import + engine start.
+.PHONY: engine engine-stop
+engine: install
+	scripts/engine.sh start
+
+engine-stop:
+	scripts/engine.sh stop
 
 # Benchmark (README "Performance"): make bench N=64 [ARGS="--pipeline"]
 bench: install

@@ -2,7 +2,8 @@
 transformers batched, on the same model, the same real few-shot prompts and the same sampling settings, in one run.
 
     .venv/bin/python bench/bench.py --n 64                 # make bench N=64
-    .venv/bin/python bench/bench.py --n 64 --pipeline      # also: overhead, refresh cost, peak RSS of a real build
+    .venv/bin/python bench/bench.py --n 64 --pipeline      # also: overhead, refresh cost, peak RSS of a real build,
+                                                           # with the engine in each run and with `prefsynth engine`
 
 Each measurement runs in its own subprocess (its own threads, its own peak memory). Prints a table, writes
 bench/results/bench.json and bench/results/bench.png, and ends with the line
@@ -230,59 +231,117 @@ def _sub(kind: str, a: argparse.Namespace) -> dict:
     raise SystemExit(f"bench worker {kind} failed:\n{proc.stderr[-3000:]}")
 
 
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        ps = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def _start_engine(a: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str, float]:
+    """`prefsynth engine` (what `make engine` runs) on a free port; returns once it answers /health."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "prefsynth", "engine", "--model", a.model, "--port", str(port)],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    while time.time() - t0 < 300:
+        if proc.poll() is not None:
+            raise SystemExit(f"engine exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.time() - t0
+        except OSError:
+            time.sleep(0.25)
+    raise SystemExit(f"engine not healthy after 300 s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_engine(proc: subprocess.Popen) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def pipeline_figures(a: argparse.Namespace) -> dict:
     """A real default build (fresh cache), then a refresh with 10% more titles: overhead share, refresh cost and
-    peak RSS of the whole process tree."""
+    peak RSS of the whole process tree. Twice: with the engine inside each run (the default), and with a running
+    `prefsynth engine` server that both runs use (`--engine`, `make engine`), started fresh for the pair so
+    its prefix cache holds nothing of these titles."""
+    import random
     import tempfile
+
+    from prefsynth.collect import CollectConfig, collect
 
     base = Path(tempfile.mkdtemp(prefix="prefsynth-bench-"))
     titles = base / "titles.txt"
-    from prefsynth.collect import CollectConfig, collect
-
     pool = collect(CollectConfig(source=a.titles, n=None)).titles
     n_full = min(a.pipeline_n, len(pool) * 10 // 11)
     n_more = max(1, n_full // 10)
-    import random
-
     chosen = random.Random(1).sample(pool, n_full + n_more)
 
-    def build(n: int) -> dict:
+    def build(n: int, mode: str, engine: tuple | None) -> dict:
         titles.write_text("\n".join(chosen[:n]) + "\n")
         cmd = [sys.executable, "-m", "prefsynth", "build", "--titles", str(titles), "--n", "all", "--out",
-               str(base / "out"), "--cache", str(base / "cache"), "--model", a.model, "--formats", "both",
-               "--summary-json", str(base / "summary.json")]
-        env = dict(os.environ)
-        import psutil
-
+               str(base / mode / "out"), "--cache", str(base / mode / "cache"), "--model", a.model,
+               "--formats", "both", "--summary-json", str(base / "summary.json")]
+        if engine:
+            cmd += ["--engine", engine[1]]
         t0 = time.time()
-        log = open(base / f"build-{n}.log", "w")  # a file, not a pipe: an unread pipe would block the build
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak = 0
-        ps = psutil.Process(proc.pid)
+        log_path = base / f"build-{mode}-{n}.log"
+        log = open(log_path, "w")  # a file, not a pipe: an unread pipe would block the build
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = engine_peak = 0
         while proc.poll() is None:
-            try:
-                peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
-            except psutil.Error:
-                pass
+            peak = max(peak, _tree_rss(proc.pid))
+            if engine:
+                engine_peak = max(engine_peak, _tree_rss(engine[0].pid))
             time.sleep(0.25)
         proc.wait()
         wall = time.time() - t0
         log.close()
         if proc.returncode:
-            raise SystemExit(f"pipeline run failed:\n{(base / f'build-{n}.log').read_text()[-3000:]}")
+            raise SystemExit(f"pipeline run failed:\n{log_path.read_text()[-3000:]}")
         stats = json.loads((base / "summary.json").read_text())["stats"]
-        return {"wall": wall, "peak_rss_gib": peak / 2**30, "stats": stats}
+        return {"wall": wall, "peak_rss_gib": peak / 2**30, "engine_rss_gib": engine_peak / 2**30, "stats": stats}
 
-    full = build(n_full)
-    more = build(n_full + n_more)
-    s = full["stats"]
-    model_time = s["generate"].get("engine_seconds", 0) + s["generate"].get("generate_seconds", 0) \
-        + s.get("judge", {}).get("llm_seconds", 0)
-    return {"titles_full": n_full, "titles_added": n_more, "full_wall": full["wall"],
-            "refresh_wall": more["wall"], "refresh_ratio": more["wall"] / full["wall"],
-            "model_seconds": model_time, "overhead_share": 1 - model_time / full["wall"],
-            "peak_rss_gib": max(full["peak_rss_gib"], more["peak_rss_gib"]),
-            "refresh_generated": more["stats"]["generate"]["generated"]}
+    def pair(mode: str, engine: tuple | None) -> dict:
+        full = build(n_full, mode, engine)
+        more = build(n_full + n_more, mode, engine)
+        s = full["stats"]
+        model_time = s["generate"].get("engine_seconds", 0) + s["generate"].get("generate_seconds", 0) \
+            + s.get("judge", {}).get("llm_seconds", 0)
+        out = {"full_wall": full["wall"], "refresh_wall": more["wall"], "refresh_ratio": more["wall"] / full["wall"],
+               "model_seconds": model_time, "overhead_share": 1 - model_time / full["wall"],
+               "peak_rss_gib": max(full["peak_rss_gib"], more["peak_rss_gib"]),
+               "refresh_generated": more["stats"]["generate"]["generated"],
+               "full_tok_s": s["generate"].get("tokens_per_second", 0)}
+        if engine:
+            out["engine_rss_gib"] = max(full["engine_rss_gib"], more["engine_rss_gib"])
+        return out
+
+    res = {"titles_full": n_full, "titles_added": n_more, "in_process": pair("in-process", None)}
+    if a.engine_mode:
+        proc, url, started = _start_engine(a, base / "engine.log")
+        try:
+            res["engine"] = {"start_seconds": started, **pair("engine", (proc, url))}
+        finally:
+            _stop_engine(proc)
+    return res
 
 
 def plot(results: dict, path: Path) -> None:
@@ -318,6 +377,8 @@ def main() -> int:
     p.add_argument("--pipeline", action="store_true", help="also run a real build + 10%% refresh")
     p.add_argument("--pipeline-n", type=int, default=300,
                    help="titles in the full build (at most 10/11 of the titles file: the rest is the refresh)")
+    p.add_argument("--no-engine-mode", dest="engine_mode", action="store_false",
+                   help="with --pipeline: skip the second pair of builds through a running `prefsynth engine`")
     p.add_argument("--only-pipeline", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -356,9 +417,15 @@ def main() -> int:
     print(f"{res['build']['name']}: {res['build']['seconds']:.2f} s")
     if "pipeline" in res:
         pp = res["pipeline"]
-        print(f"default build of {pp['titles_full']} titles: {pp['full_wall']:.0f} s wall, model {pp['model_seconds']:.0f} s, "
-              f"overhead {pp['overhead_share']:.1%}; +{pp['titles_added']} titles refresh {pp['refresh_wall']:.0f} s "
-              f"= {pp['refresh_ratio']:.1%} of the full build; peak RSS {pp['peak_rss_gib']:.2f} GiB")
+        print(f"default build of {pp['titles_full']} titles, then +{pp['titles_added']} titles (refresh):")
+        for mode, label in (("in_process", "engine in each run (default)"), ("engine", "running engine (--engine)")):
+            if mode in pp:
+                m = pp[mode]
+                extra = f", server {m['engine_rss_gib']:.2f} GiB (started in {m['start_seconds']:.0f} s)" \
+                    if mode == "engine" else ""
+                print(f"  {label:30} full {m['full_wall']:5.0f} s (model {m['model_seconds']:.0f} s, overhead "
+                      f"{m['overhead_share']:.1%}); refresh {m['refresh_wall']:4.0f} s = {m['refresh_ratio']:.1%} "
+                      f"of the full build; peak RSS {m['peak_rss_gib']:.2f} GiB{extra}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     plot(res, RESULTS / "bench.png")

@@ -56,6 +56,9 @@ class GenerateConfig:
     cpu_in_process: bool = opt(True, "vLLM on CPU: run the engine in this process on every core (faster, starts "
                                      "in seconds, dies with its parent; see prefsynth/vllm_cpu.py)")
     max_model_len: int = opt(2048, "vLLM: context length to reserve per sequence")
+    engine_url: str | None = opt(None, "a running vLLM server (`make engine`, e.g. http://127.0.0.1:8765): generate "
+                                       "and judge there instead of loading the model in this process",
+                                 alias="engine")
     batch_size: int = opt(64, "transformers backend: prompts per batch")
 
     def sampling(self) -> dict[str, float | int]:
@@ -109,6 +112,11 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if cuda_available() else "float32"
 
 
+def plain_chat(messages: list[dict]) -> str:
+    """A conversation as text, for models without a chat template."""
+    return "\n\n".join(m["content"] for m in messages) + "\n"
+
+
 class Backend(ABC):
     name: str
     in_process = False  # True when the engine has no worker processes of its own to stop
@@ -116,7 +124,7 @@ class Backend(ABC):
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         self.model = model
         self.cfg = cfg
-        self.dtype = resolve_dtype(cfg.dtype)
+        self.dtype = cfg.dtype  # what the engine computes in; subclasses resolve "auto"
 
     @property
     @abstractmethod
@@ -129,7 +137,7 @@ class Backend(ABC):
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n"
+        return plain_chat(messages)
 
     @abstractmethod
     def generate(self, requests: list[Request]) -> Iterator[Output]:
@@ -159,37 +167,47 @@ def _external_id(request_id: str) -> str:
     return request_id.rsplit("-", 1)[0]
 
 
+def engine_args(model: ModelRef, cfg: GenerateConfig) -> tuple[dict, dict[str, str]]:
+    """vLLM engine arguments and environment for this config: written once, used by the in-process engine
+    (`VLLMBackend`) and by the server `prefsynth engine` starts."""
+    max_len = min(cfg.max_model_len, _context_length(model.path))
+    kwargs = dict(
+        model=model.path, dtype=resolve_dtype(cfg.dtype), seed=cfg.seed, enforce_eager=cfg.enforce_eager,
+        max_num_seqs=cfg.max_num_seqs, max_model_len=max_len,
+        tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
+    )
+    env: dict[str, str] = {}
+    if cuda_available():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    else:
+        # vLLM parses this as an integer number of GiB ("2.0" is rejected)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.kv_cache_gib)))
+        # A prefill split over two steps makes vLLM rewind the request's random generator, which CPU
+        # generators cannot do ("CPU Generator does not use offset") once requests carry their own seed:
+        # schedule whole prefills only.
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_len))
+        # vllm-cpu's default KV block is 128 tokens, and prefix caching only shares whole blocks: the judge's
+        # shared prefix (~45 tokens) was never reused. 32 is the smallest block its attention accepts.
+        kwargs["block_size"] = cfg.cpu_block_size
+    return kwargs, env
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         super().__init__(model, cfg)
-        on_gpu = cuda_available()
-        max_len = min(cfg.max_model_len, _context_length(model.path))
-        kwargs = dict(
-            model=model.path, dtype=self.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
-            max_num_seqs=cfg.max_num_seqs, max_model_len=max_len,
-            tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
-        )
-        if on_gpu:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        else:
+        kwargs, env = engine_args(model, cfg)
+        self.dtype = kwargs["dtype"]
+        for k, v in env.items():
+            os.environ.setdefault(k, v)
+        if not cuda_available() and cfg.cpu_in_process and cfg.tensor_parallel_size == 1:
             from prefsynth import vllm_cpu
 
-            # vLLM parses this as an integer number of GiB ("2.0" is rejected)
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
-            # A prefill split over two steps makes vLLM rewind the request's random generator, which CPU
-            # generators cannot do ("CPU Generator does not use offset") once requests carry their own seed:
-            # schedule whole prefills only.
-            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_len))
-            # vllm-cpu's default KV block is 128 tokens, and prefix caching only shares whole blocks: the judge's
-            # shared prefix (~45 tokens) was never reused. 32 is the smallest block its attention accepts.
-            kwargs["block_size"] = cfg.cpu_block_size
-            if cfg.cpu_in_process and cfg.tensor_parallel_size == 1:
-                self.in_process = True
-                vllm_cpu.configure_in_process()
-                kwargs["distributed_executor_backend"] = "uni"
-                vllm_cpu.install_fast_sampler()
+            self.in_process = True
+            vllm_cpu.configure_in_process()
+            kwargs["distributed_executor_backend"] = "uni"
+            vllm_cpu.install_fast_sampler()
         from vllm import LLM
 
         try:
@@ -241,6 +259,215 @@ class VLLMBackend(Backend):
             pass
 
 
+def served_name(model: ModelRef, dtype: str = "") -> str:
+    """The name `prefsynth engine` serves a model under, `<name>@<weights fingerprint>:<dtype>`: a client checks
+    that the server holds exactly the weights its cache keys name, and records the dtype the server computes in."""
+    return f"{model.name}@{model.fingerprint[:16]}:{dtype}"
+
+
+def engine_command(model: ModelRef, cfg: GenerateConfig, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a vLLM OpenAI-compatible server with the engine settings `engine_args` gives the
+    in-process engine, for `prefsynth engine` / `make engine`."""
+    import sys
+
+    kwargs, env = engine_args(model, cfg)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", host, "--port", str(port),
+            "--served-model-name", served_name(model, kwargs["dtype"]),
+            # sampling parameters come from the request alone, as in-process (no defaults from the model's files)
+            "--generation-config", "vllm", "--disable-uvicorn-access-log"]
+    for k, v in kwargs.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(v)]
+    if not cuda_available():
+        # The server's engine runs in its own process; by default vLLM keeps one of its cores for the HTTP
+        # front end, which on two cores halves decoding. The fast sampler reaches that process as a plugin.
+        env.update(VLLM_CPU_NUM_OF_RESERVED_CPU="0", PREFSYNTH_FAST_SAMPLER="1")
+    return argv, env
+
+
+class LightTokenizer:
+    """The part of a Hugging Face tokenizer a client of the engine uses (encode, chat template), read with the
+    `tokenizers` library and jinja2 the way transformers renders chat templates: importing transformers would also
+    import torch, ~2.5 s of every run on two cores. `ServerBackend` checks it against the server's own rendering."""
+
+    def __init__(self, folder: Path):
+        import json
+
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        template = config.get("chat_template")
+        if (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        if isinstance(template, list):  # named templates: transformers uses "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template = template
+        self.special = {k: (v["content"] if isinstance(v, dict) else v) for k, v in config.items()
+                        if k.endswith("_token") and isinstance(v, (str, dict))}
+        self._compiled = None
+        if template:
+            import datetime
+            import json as _json
+
+            import jinja2.ext
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message):
+                raise jinja2.exceptions.TemplateError(message)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+            env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: \
+                _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+            env.globals["raise_exception"] = raise_exception
+            env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+            self._compiled = env.from_string(template)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": self.encode(text)}
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False,
+                            add_generation_prompt: bool = True) -> str:
+        assert not tokenize and self._compiled is not None
+        return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
+
+
+class ServerBackend(Backend):
+    """A running vLLM OpenAI-compatible server (`make engine`): no model load, no torch import in this process.
+    Every request carries its own seed, as in-process; judging uses the server's `logprob_token_ids`."""
+
+    name = "vllm-server"
+    RETRIES = 4
+
+    def __init__(self, model: ModelRef, cfg: GenerateConfig):
+        super().__init__(model, cfg)
+        import httpx
+
+        self.url = cfg.engine_url.rstrip("/").removesuffix("/v1")
+        prefix = served_name(model)
+        try:
+            served = httpx.get(f"{self.url}/v1/models", timeout=10).raise_for_status().json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise UserError(f"no vLLM engine answering at {self.url} ({type(e).__name__}); start one with "
+                            f"`make engine` or drop --engine") from None
+        ids = [str(m.get("id")) for m in served.get("data", [])]
+        match = [i for i in ids if i.startswith(prefix)]
+        if not match:
+            raise UserError(f"the engine at {self.url} serves {', '.join(ids) or 'nothing'}, not {prefix}<dtype> "
+                            f"(this run's model and weights); start it with `make engine MODEL={model.name}`")
+        self.model_id = match[0]
+        self.dtype = self.model_id[len(prefix):]
+        self._tok = self._client_tokenizer(Path(model.path))
+        # Enough requests in flight that the server's scheduler always has the next batch queued.
+        self.concurrency = max(1, 2 * cfg.max_num_seqs)
+
+    def _client_tokenizer(self, folder: Path):
+        """LightTokenizer when it renders and tokenizes a probe conversation exactly as the server does (asked via
+        its /tokenize), else transformers' tokenizer."""
+        import httpx
+
+        probe = [{"role": "user", "content": "Probe: is 'x < y' & \"z\" fine?\nYes."}]
+        if self.cfg.system_prompt is not None:
+            probe.insert(0, {"role": "system", "content": self.cfg.system_prompt})
+        try:
+            light = LightTokenizer(folder)
+            if not light.chat_template:
+                return light  # prompts are plain text, tokenized by the same tokenizers library as the server's
+            mine = light.encode(light.apply_chat_template(probe))
+            theirs = httpx.post(f"{self.url}/tokenize", timeout=30, json={
+                "model": self.model_id, "messages": probe, "add_generation_prompt": True,
+                "add_special_tokens": True}).raise_for_status().json()["tokens"]
+            if mine == theirs:
+                return light
+            log.info("local chat template rendering differs from the engine's; using transformers' tokenizer")
+        except Exception as e:  # noqa: BLE001 - any surprise: the slower, exact path
+            log.info("light tokenizer unavailable (%s); using transformers' tokenizer", type(e).__name__)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+
+    @property
+    def tokenizer(self):
+        return self._tok
+
+    def _stream(self, bodies: list[dict]) -> Iterator[tuple[int, dict]]:
+        """POST every body to /v1/completions concurrently; yield (index, response) as each one finishes."""
+        import asyncio
+        import queue
+        import threading
+
+        import httpx
+
+        done = object()
+        q: queue.Queue = queue.Queue()
+
+        async def post(client: httpx.AsyncClient, body: dict) -> dict:
+            for attempt in range(self.RETRIES + 1):
+                try:
+                    r = await client.post("/v1/completions", json=body)
+                    if r.status_code < 500:
+                        break
+                except httpx.TransportError as e:
+                    if attempt == self.RETRIES:
+                        raise UserError(f"the engine at {self.url} stopped answering ({type(e).__name__})") from None
+                await asyncio.sleep(0.5 * 2 ** attempt)
+            if r.status_code != 200:
+                try:
+                    msg = r.json().get("error", {}).get("message") or r.text
+                except ValueError:
+                    msg = r.text
+                raise UserError(f"the engine at {self.url} refused a request: HTTP {r.status_code} "
+                                f"{' '.join(str(msg).split())[:200]}")
+            return r.json()
+
+        async def main() -> None:
+            sem = asyncio.Semaphore(self.concurrency)
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            async with httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
+                                         limits=limits) as client:
+                async def one(i: int, body: dict) -> None:
+                    async with sem:
+                        q.put((i, await post(client, body)))
+
+                await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+        def runner() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+                q.put(e)
+            q.put(done)
+
+        threading.Thread(target=runner, name="prefsynth-engine-client", daemon=True).start()
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def generate(self, requests: list[Request]) -> Iterator[Output]:
+        bodies = [{"model": self.model_id, "prompt": r.prompt, "max_tokens": self.cfg.max_tokens,
+                   "temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "seed": r.seed}
+                  for r in requests]
+        for i, res in self._stream(bodies):
+            c = res["choices"][0]
+            yield Output(requests[i].key, c["text"], int(res["usage"]["prompt_tokens"]),
+                         int(res["usage"]["completion_tokens"]), str(c["finish_reason"]))
+
+    def label_logprobs(self, prompts: list[str], token_ids: list[int]) -> Iterator[tuple[int, list[float]]]:
+        bodies = [{"model": self.model_id, "prompt": p, "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                   "logprob_token_ids": list(token_ids), "return_tokens_as_token_ids": True} for p in prompts]
+        for i, res in self._stream(bodies):
+            top = res["choices"][0]["logprobs"]["top_logprobs"][0]  # {"token_id:123": logprob}
+            yield i, [float(top.get(f"token_id:{t}", float("-inf"))) for t in token_ids]
+
+
 class TransformersBackend(Backend):
     """Fallback for machines without vLLM: batched decoding with a per-request torch.Generator, so each review
     depends on its own seed and not on which other prompts share its batch."""
@@ -255,6 +482,7 @@ class TransformersBackend(Backend):
 
         self.torch = torch
         self.device = "cuda" if cuda_available() else "cpu"
+        self.dtype = resolve_dtype(cfg.dtype)
         try:
             self._tok = AutoTokenizer.from_pretrained(model.path)
             self.model_ = AutoModelForCausalLM.from_pretrained(
@@ -363,14 +591,19 @@ def vllm_available() -> bool:
 def get_backend(model: ModelRef, cfg: GenerateConfig) -> Backend:
     """One loaded engine per (model, backend, dtype) per process: generation and judging share it."""
     kind = cfg.backend
-    if kind == "auto":
+    if cfg.engine_url:
+        if kind == "transformers":
+            raise UserError("--engine sends work to a vLLM server; it cannot be combined with backend transformers")
+        kind = "server"
+    elif kind == "auto":
         kind = "vllm" if vllm_available() else "transformers"
     if kind == "vllm" and not vllm_available():
         raise UserError("backend 'vllm' requested but vLLM is not installed (run `make install`)")
-    ident = (model.path, kind, resolve_dtype(cfg.dtype), cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed,
-             cfg.system_prompt)
+    dtype = cfg.dtype if kind == "server" else resolve_dtype(cfg.dtype)  # resolving imports torch
+    ident = (model.path, kind, dtype, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed,
+             cfg.system_prompt, cfg.engine_url)
     if ident not in _BACKENDS:
-        cls = VLLMBackend if kind == "vllm" else TransformersBackend
+        cls = {"vllm": VLLMBackend, "server": ServerBackend}.get(kind, TransformersBackend)
         _BACKENDS[ident] = cls(model, cfg)
     return _BACKENDS[ident]
 
@@ -393,6 +626,7 @@ class Generations:
     rows: pl.DataFrame  # one row per (title, polarity), GEN_SCHEMA + key
     model: ModelRef
     stats: dict[str, float] = field(default_factory=dict)
+    dtype: str | None = None  # of the engine this run generated with (None: everything came from the cache)
 
 
 def cache_root(cfg: GenerateConfig) -> Path:
@@ -417,9 +651,11 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     stats: dict[str, float] = {"requested": len(wanted), "reused": len(wanted) - len(todo), "generated": 0,
                                "completion_tokens": 0, "prompt_tokens": 0, "quarantined_shards": store.quarantined}
     t_engine = t_gen = 0.0
+    dtype = None
     if todo:
         t1 = time.time()
         backend = get_backend(model, cfg)
+        dtype = backend.dtype
         t_engine = time.time() - t1
         requests = [Request(k, backend.chat(templates.generation(*wanted[k])), request_seed(k)) for k in todo]
         from tqdm.auto import tqdm
@@ -451,4 +687,4 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     stats.update(engine_seconds=round(t_engine, 2), generate_seconds=round(t_gen, 2),
                  tokens_per_second=round(stats["completion_tokens"] / t_gen, 1) if t_gen else 0.0,
                  seconds=round(time.time() - t0, 2))
-    return Generations(have, model, stats)
+    return Generations(have, model, stats, dtype)

@@ -104,7 +104,10 @@ def provenance(cfg: PipelineConfig, titles: Titles, templates: Templates, gens: 
     return {
         "name": cfg.name, "model": gens.model.name, "model_fingerprint": gens.model.fingerprint,
         "backend": ",".join(sorted(set(gens.rows.get_column("backend").to_list()))) if gens.rows.height else "",
-        "dtype": resolve_dtype(cfg.generate.dtype), "template_hash": templates.hash,
+        # the engine's own when this run generated; without one, what this config resolves to (with --engine:
+        # as configured, since the server's machine decides "auto")
+        "dtype": gens.dtype or (cfg.generate.dtype if cfg.generate.engine_url else resolve_dtype(cfg.generate.dtype)),
+        "template_hash": templates.hash,
         "sampling": cfg.generate.sampling(), "titles_source": _display_source(cfg.collect.source),
         "n": len(titles.titles), "collect_seed": cfg.collect.seed, "chosen": cfg.build.chosen,
         "license": cfg.build.license, "command": reproduce_command(cfg), "argv": shlex.join(sys.argv[1:]),

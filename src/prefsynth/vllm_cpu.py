@@ -73,3 +73,11 @@ def install_fast_sampler() -> bool:
         _original = current
         mod.apply_top_k_top_p_pytorch = top_k_top_p
     return True
+
+
+def register() -> None:
+    """vLLM general plugin (entry point `vllm.general_plugins`): vLLM calls it in every process it starts, which is
+    how the fast sampler reaches the engine process of a `prefsynth engine` server. It acts only where that
+    command asked for it (PREFSYNTH_FAST_SAMPLER=1), so other vLLM programs in this environment run vLLM's code."""
+    if os.environ.get("PREFSYNTH_FAST_SAMPLER") == "1":
+        install_fast_sampler()
