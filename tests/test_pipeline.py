@@ -39,6 +39,8 @@ def digest(folder: Path) -> dict[str, str]:
 def test_paired_then_unpaired_make_one_dataset(tiny_model, tmp_path):
     s1 = run(tiny_cfg(tiny_model, tmp_path, formats="paired"))
     assert s1.changed and s1.version == 1 and s1.stats["generate"]["generated"] == 24
+    # torch and the model are loaded in this process: its peak is well above an empty interpreter's ~10 MiB
+    assert 0.1 < s1.peak_rss_gib < 64 and f"peak RSS {s1.peak_rss_gib:.2f} GiB" in s1.lines()[-1]
     s2 = run(tiny_cfg(tiny_model, tmp_path, formats="unpaired"))
     assert s2.stats["generate"]["generated"] == 0 and s2.stats["generate"]["reused"] == 24
     out = Path(s2.out)

@@ -133,7 +133,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     argv, env = engine_command(model, cfg, args.host, args.port)
     print(f"engine: serving {argv[argv.index('--served-model-name') + 1]} on http://{args.host}:{args.port} "
           f"(builds: --engine http://{args.host}:{args.port})", flush=True)
-    os.environ.update(env)
+    for k, v in env.items():  # as in-process: a variable the user set wins
+        os.environ.setdefault(k, v)
     os.environ.pop("VLLM_LOGGING_LEVEL", None)  # the server's own log is what its log file is for
     os.execv(argv[0], argv)
     return 0  # not reached

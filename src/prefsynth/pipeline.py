@@ -54,6 +54,7 @@ class Summary:
     stats: dict
     published: list = field(default_factory=list)
     wall_seconds: float = 0.0
+    peak_rss_gib: float = 0.0  # this process and the children it waited for (an --engine server is not one)
 
     def lines(self) -> list[str]:
         g = self.stats.get("generate", {})
@@ -72,7 +73,7 @@ class Summary:
         for p in self.published:
             out.append(f"  published {p['repo_id']}@{p['revision'][:12]}"
                        + (f" ({p['tag']})" if p.get("tag") else "") + ("" if p.get("committed") else " unchanged"))
-        out.append(f"  wall time {self.wall_seconds:.1f}s")
+        out.append(f"  wall time {self.wall_seconds:.1f}s, peak RSS {self.peak_rss_gib:.2f} GiB")
         return out
 
 
@@ -156,4 +157,12 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
     if judged is not None:
         stats["judge"] = judged.stats
     return Summary(str(written.out), written.changed, written.version, built.stats["rows"],
-                   built.stats["dropped"], stats, published, round(time.time() - t0, 2))
+                   built.stats["dropped"], stats, published, round(time.time() - t0, 2), peak_rss_gib())
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory so far (Linux reports KiB), the larger of this process and its finished children."""
+    import resource
+
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return round(kib / 2**20, 2)
