@@ -241,40 +241,12 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def _start_engine(a: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str, float]:
-    """`prefsynth engine` (what `make engine` runs) on a free port; returns once it answers /health."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "prefsynth", "engine", "--model", a.model, "--port", str(port)],
-                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    while time.time() - t0 < 300:
-        if proc.poll() is not None:
-            raise SystemExit(f"engine exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.time() - t0
-        except OSError:
-            time.sleep(0.25)
-    raise SystemExit(f"engine not healthy after 300 s:\n{log.read_text()[-3000:]}")
-
-
-def _stop_engine(proc: subprocess.Popen) -> None:
-    import signal
-
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _engine(action: str, a: argparse.Namespace, state: Path, port: int = 0) -> None:
+    """scripts/engine.sh, what `make engine` / `make engine-stop` run, with its state (PID file, log) in `state`."""
+    env = {**os.environ, "PREFSYNTH_STATE": str(state), "ENGINE_PORT": str(port), "MODEL": a.model}
+    proc = subprocess.run([str(ROOT / "scripts" / "engine.sh"), action], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"engine {action} failed:\n{proc.stdout}{proc.stderr}")
 
 
 def pipeline_figures(a: argparse.Namespace) -> dict:
@@ -294,7 +266,7 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
     n_more = max(1, n_full // 10)
     chosen = random.Random(1).sample(pool, n_full + n_more)
 
-    def build(n: int, mode: str, engine: tuple | None) -> dict:
+    def build(n: int, mode: str, engine: tuple[int, str] | None) -> dict:
         titles.write_text("\n".join(chosen[:n]) + "\n")
         cmd = [sys.executable, "-m", "prefsynth", "build", "--titles", str(titles), "--n", "all", "--out",
                str(base / mode / "out"), "--cache", str(base / mode / "cache"), "--model", a.model,
@@ -309,7 +281,7 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
         while proc.poll() is None:
             peak = max(peak, _tree_rss(proc.pid))
             if engine:
-                engine_peak = max(engine_peak, _tree_rss(engine[0].pid))
+                engine_peak = max(engine_peak, _tree_rss(engine[0]))
             time.sleep(0.25)
         proc.wait()
         wall = time.time() - t0
@@ -319,7 +291,7 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
         stats = json.loads((base / "summary.json").read_text())["stats"]
         return {"wall": wall, "peak_rss_gib": peak / 2**30, "engine_rss_gib": engine_peak / 2**30, "stats": stats}
 
-    def pair(mode: str, engine: tuple | None) -> dict:
+    def pair(mode: str, engine: tuple[int, str] | None) -> dict:
         full = build(n_full, mode, engine)
         more = build(n_full + n_more, mode, engine)
         s = full["stats"]
@@ -336,11 +308,19 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
 
     res = {"titles_full": n_full, "titles_added": n_more, "in_process": pair("in-process", None)}
     if a.engine_mode:
-        proc, url, started = _start_engine(a, base / "engine.log")
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        t0 = time.time()
+        _engine("start", a, base / "state", port)
+        started = time.time() - t0
         try:
-            res["engine"] = {"start_seconds": started, **pair("engine", (proc, url))}
+            pid = int((base / "state" / "run" / "engine.pid").read_text())
+            res["engine"] = {"start_seconds": started, **pair("engine", (pid, f"http://127.0.0.1:{port}"))}
         finally:
-            _stop_engine(proc)
+            _engine("stop", a, base / "state")
     return res
 
 

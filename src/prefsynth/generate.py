@@ -311,7 +311,6 @@ class LightTokenizer:
         self._compiled = None
         if template:
             import datetime
-            import json as _json
 
             import jinja2.ext
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -322,7 +321,7 @@ class LightTokenizer:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                 extensions=[jinja2.ext.loopcontrols])
             env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: \
-                _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+                json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
             env.globals["raise_exception"] = raise_exception
             env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
             self._compiled = env.from_string(template)

@@ -129,7 +129,7 @@ def generate_in_shards(titles: list[str], templates, cfg, *, shards: int,
     stats["tokens_per_second"] = round(stats["completion_tokens"] / stats["generate_seconds"], 1) \
         if stats["generate_seconds"] else 0.0
     merged.stats = stats
-    merged.dtype = merged.dtype or next((r.dtype for r in results if getattr(r, "dtype", None)), None)
+    merged.dtype = merged.dtype or next((r.dtype for r in results if r.dtype), None)
     return merged
 
 
