@@ -75,7 +75,8 @@ class _RssMonitor:
 
 
 def work_vllm(a: argparse.Namespace) -> dict:
-    from prefsynth.generate import GenerateConfig, Request, get_backend, request_seed
+    from prefsynth.engines import Request, get_backend
+    from prefsynth.generate import GenerateConfig, request_seed
     from prefsynth.model import resolve_model
 
     with _RssMonitor() as mon:

@@ -31,7 +31,7 @@ def _retry_condition(task, task_run, state) -> bool:
 
 
 def prefect_step(fn, name: str):
-    from prefsynth.generate import close_backends
+    from prefsynth.engines import close_backends
 
     on_error = close_backends if name in ("generate", "judge") else None
     body = orchestrate.stage(fn, name, lambda line: get_run_logger().info(line), on_error)
@@ -117,7 +117,7 @@ def build_dataset(config: dict | None = None, train: bool = False, shards: int =
     train: after a successful build (and publish, when configured) that changed the dataset, start `train/dpo`
     for paired and `train/kto` for unpaired data, without waiting. shards: generate in this many task runs,
     one after another (each resumable and retried on its own), then build from the merged cache."""
-    from prefsynth.generate import close_backends
+    from prefsynth.engines import close_backends
 
     cfg = orchestrate.pipeline_config(_effective_config(config))
     try:

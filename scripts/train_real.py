@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def build(out: Path, n: int) -> None:
     from prefsynth.build import BuildConfig
     from prefsynth.collect import CollectConfig
-    from prefsynth.generate import close_backends
+    from prefsynth.engines import close_backends
     from prefsynth.pipeline import PipelineConfig, run
 
     # A quarter of the titles in validation: the evaluation needs titles the adapter never saw.

@@ -62,7 +62,21 @@ def _close_engines():
     yield
     import logging
 
-    from prefsynth.generate import close_backends
+    from prefsynth.engines import close_backends
 
     close_backends()
     logging.getLogger("vllm").disabled = True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a loopback TCP port nobody listens on (call it for each server a test starts)."""
+    return _free_port

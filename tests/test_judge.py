@@ -49,7 +49,8 @@ def test_combined_judge_on_bundled_model_beats_chance(bundled_model):
     """The LLM judge is the generating model (SmolLM2-135M): weak alone, so the test holds the combined judge to
     the same bar as the lexicon and records what the LLM judge alone achieves without asserting more than it
     earns."""
-    from prefsynth.generate import GenerateConfig, get_backend
+    from prefsynth.engines import get_backend
+    from prefsynth.generate import GenerateConfig
     from prefsynth.model import resolve_model
     from prefsynth.prompts import PromptConfig, Templates
 

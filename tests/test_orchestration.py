@@ -392,11 +392,11 @@ def test_sharded_generation_builds_the_same_dataset(api, tiny_model, tmp_path, m
 def test_a_transient_generation_fault_is_retried_from_the_cache(api, tiny_model, tmp_path, monkeypatch):
     """The engine dies after 4 of 12 reviews (an exception injected into the real backend, once): the generate task
     retries on a fresh engine and generates only the 8 reviews the cache does not hold yet."""
-    from prefsynth import generate as gen
+    from prefsynth.engines import TransformersBackend
 
     module = _flow_module()
     monkeypatch.setattr(module, "RETRY_DELAY_SECONDS", 0)
-    real, engines, calls = gen.TransformersBackend.generate, [], []
+    real, engines, calls = TransformersBackend.generate, [], []
 
     def dies_once(self, requests):
         calls.append(len(requests))
@@ -406,7 +406,7 @@ def test_a_transient_generation_fault_is_retried_from_the_cache(api, tiny_model,
                 raise RuntimeError("engine died")
             yield out
 
-    monkeypatch.setattr(gen.TransformersBackend, "generate", dies_once)
+    monkeypatch.setattr(TransformersBackend, "generate", dies_once)
     state = module.build_dataset(config=tiny_config(tiny_model, tmp_path / "o", tmp_path / "c", n=6),
                                  return_state=True)
     assert state.is_completed(), state.message

@@ -29,7 +29,8 @@ def built(tiny_model: Path, tmp_path_factory) -> Path:
     """A real dataset from collect -> generate -> judge -> build -> write, on the tiny model (both configs)."""
     from prefsynth.build import BuildConfig
     from prefsynth.collect import CollectConfig
-    from prefsynth.generate import GenerateConfig, close_backends
+    from prefsynth.engines import close_backends
+    from prefsynth.generate import GenerateConfig
     from prefsynth.pipeline import PipelineConfig, run
 
     root = tmp_path_factory.mktemp("train-data")
@@ -118,7 +119,8 @@ def test_dpo_trains_reloads_and_evaluates(built, tiny_model, tmp_path):
 def base_model_reviews(model_dir: Path, data: Path, titles: list[str]) -> list[str]:
     """Reviews from the plain generate-stage backend (no PEFT anywhere), seeded like the evaluation."""
     from prefsynth.build import clean_review
-    from prefsynth.generate import GenerateConfig, Request, TransformersBackend, request_seed
+    from prefsynth.engines import Request, TransformersBackend
+    from prefsynth.generate import GenerateConfig, request_seed
     from prefsynth.model import resolve_model
 
     backend = TransformersBackend(resolve_model(str(model_dir)),

@@ -97,7 +97,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_judge_eval(args: argparse.Namespace) -> int:
     """Accuracy of each polarity judge on the bundled evaluation set (reviews with known labels)."""
     from prefsynth.config import parse_into
-    from prefsynth.generate import GenerateConfig, get_backend
+    from prefsynth.engines import get_backend
+    from prefsynth.generate import GenerateConfig
     from prefsynth.judge import EVAL_SET, JudgeConfig, evaluate, load_eval_set
     from prefsynth.model import resolve_model
     from prefsynth.prompts import PromptConfig, Templates
@@ -122,7 +123,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     """Replace this process with a vLLM OpenAI-compatible server holding the model, for builds run with --engine:
     they then skip importing torch and vLLM and starting an engine (~10 s of every run on two cores)."""
     from prefsynth.config import parse_into
-    from prefsynth.generate import GenerateConfig, engine_command, vllm_available
+    from prefsynth.engines import engine_command, vllm_available
+    from prefsynth.generate import GenerateConfig
     from prefsynth.errors import UserError
     from prefsynth.model import resolve_model
 
@@ -243,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(str(e)) from None
             raise
         finally:  # engines a command loaded (build, judge-eval), however it ended
-            if "prefsynth.generate" in sys.modules:
-                sys.modules["prefsynth.generate"].close_backends(process_exit=_PROCESS_ENTRY)
+            if "prefsynth.engines" in sys.modules:
+                sys.modules["prefsynth.engines"].close_backends(process_exit=_PROCESS_ENTRY)
 
     return run_cli(go)
 

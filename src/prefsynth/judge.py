@@ -3,7 +3,7 @@
 - LLM judge: the model reads a short classification prompt (`prompts/judge.j2`) and we take the log-probabilities
   of the label words ("negative"/"positive", in the spellings the tokenizer has) for the first answer token. No
   text is sampled; P(negative) = mass(negative) / (mass(negative) + mass(positive)). It runs on the engine that
-  generated the reviews (`get_backend` returns the loaded one), so the model is loaded once per run.
+  generated the reviews (the caller hands it over in `JudgeSetup`), so the model is loaded once per run.
 - Lexicon judge: VADER's compound score, mapped to [0, 1] negativity. Cheap, and independent of the generator.
 
 Both are cached by (review key, judge fingerprint) like generations, so reruns never judge twice.
@@ -11,19 +11,27 @@ Both are cached by (review key, judge fingerprint) like generations, so reruns n
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
-from pathlib import Path
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from prefsynth import faults
 from prefsynth.cache import Store, make_key
 from prefsynth.config import opt
-from prefsynth.generate import GenerateConfig, Generations, cache_root, get_backend
+from prefsynth.constants import ROOT
+from prefsynth.engines import Backend, get_backend
+from prefsynth.generate import Generations, cache_root
+from prefsynth.model import ModelRef
 from prefsynth.prompts import Templates
+
+if TYPE_CHECKING:
+    from prefsynth.generate import GenerateConfig
 
 NEGATIVE_WORDS = ("negative", "Negative", "NEGATIVE")
 POSITIVE_WORDS = ("positive", "Positive", "POSITIVE")
@@ -39,6 +47,24 @@ class JudgeConfig:
     lexicon: bool = opt(True, "use the VADER lexicon judge")
     llm_weight: float = opt(0.5, "weight of the LLM judge in the combined score (lexicon gets the rest)")
     calibrate: bool = opt(True, "remove the LLM judge's label prior, measured on content-free reviews")
+
+
+@dataclass(frozen=True)
+class JudgeSetup:
+    """What the judge stage takes from generation, explicitly: where judgements are cached (beside the
+    generations), the system message every judge prompt carries (part of the judgement key), how often the journal
+    fsyncs, and the generating engine, which `engine()` loads only when a review still needs the LLM judge."""
+
+    cache: Path
+    system_prompt: str | None
+    fsync_seconds: float
+    engine: Callable[[], Backend]
+
+    @classmethod
+    def of(cls, model: ModelRef, gen: GenerateConfig) -> JudgeSetup:
+        """The setup for reviews `gen` generated with `model`: the same cache, and the same engine from the registry
+        (the loaded one, when generation loaded it)."""
+        return cls(cache_root(gen), gen.system_prompt, gen.fsync_seconds, functools.partial(get_backend, model, gen))
 
 
 @dataclass
@@ -63,6 +89,8 @@ def label_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return [t for t in neg if t not in shared], [t for t in pos if t not in shared]
 
 
+# Written out, not scipy.special.logsumexp: scipy is not in this project's environment (checked: .venv has numpy,
+# not scipy), and a new dependency for three lines is not worth it.
 def _logsumexp(xs: list[float]) -> float:
     m = max(xs)
     return m if m == float("-inf") else m + math.log(sum(math.exp(x - m) for x in xs))
@@ -134,19 +162,25 @@ def lexicon_scores(reviews: list[str]) -> list[float]:
     return [(1.0 - _VADER.polarity_scores(r)["compound"]) / 2.0 for r in reviews]
 
 
+def combined_score(llm, lex, llm_weight: float):
+    """The combined judge score (floats or polars expressions): the LLM judge weighs `llm_weight`, the lexicon the
+    rest. The one place this formula is written: the judge stage, its evaluation and training's evaluation use it."""
+    return llm_weight * llm + (1 - llm_weight) * lex
+
+
 def combine(llm: pl.Expr, lex: pl.Expr, cfg: JudgeConfig) -> pl.Expr:
     if cfg.llm and cfg.lexicon:
-        return cfg.llm_weight * llm + (1 - cfg.llm_weight) * lex
+        return combined_score(llm, lex, cfg.llm_weight)
     return llm if cfg.llm else lex
 
 
-def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: GenerateConfig) -> Judged:
+def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: JudgeSetup) -> Judged:
     t0 = time.time()
     fingerprint = make_key(model=gens.model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
                            lexicon=cfg.lexicon,
-                           words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=gen_cfg.system_prompt,
+                           words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=setup.system_prompt,
                            calibrate=[cfg.calibrate, CONTENT_FREE])
-    store = Store(cache_root(gen_cfg), "judgements", JUDGE_SCHEMA)
+    store = Store(setup.cache, "judgements", JUDGE_SCHEMA)
     store.sweep()
     keys = gens.rows.get_column("key").to_list()
     texts = gens.rows.get_column("text").str.strip_chars().to_list()
@@ -164,10 +198,10 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
             i = todo[j]
             return {"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm, "judge_lexicon": lex[j]}
 
-        with store.journal(gen_cfg.fsync_seconds) as journal:
+        with store.journal(setup.fsync_seconds) as journal:
             if cfg.llm:
                 t1 = time.time()
-                backend = get_backend(gens.model, gen_cfg)
+                backend = setup.engine()
                 for j, p in llm_scores_iter(backend, templates, reviews, cfg.calibrate):
                     faults.point("judge.scored")
                     journal.add(row(j, p))
@@ -182,7 +216,7 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, gen_cfg: Ge
     return Judged(scores, stats)
 
 
-EVAL_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "judge_eval.jsonl"
+EVAL_SET = ROOT / "tests" / "data" / "judge_eval.jsonl"
 
 
 def evaluate(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) -> dict:
@@ -197,8 +231,7 @@ def evaluate(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) 
     if backend is not None:
         scores["llm_raw"] = llm_scores(backend, templates, texts, calibrate=False)
         scores["llm"] = llm_scores(backend, templates, texts, calibrate=True)
-        w = cfg.llm_weight
-        scores["combined"] = [w * a + (1 - w) * b for a, b in zip(scores["llm"], scores["lexicon"])]
+        scores["combined"] = [combined_score(a, b, cfg.llm_weight) for a, b in zip(scores["llm"], scores["lexicon"])]
 
     def acc(vals: list[float], idx: list[int]) -> float:
         right = sum(0.5 if vals[i] == 0.5 else float((vals[i] > 0.5) == truth[i]) for i in idx)

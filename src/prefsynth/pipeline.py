@@ -22,7 +22,7 @@ from prefsynth.config import opt, to_dict
 from prefsynth.errors import UserError
 from prefsynth.fsutil import FileLock, check_writable_dir
 from prefsynth.generate import GenerateConfig, Generations, cache_root, generate
-from prefsynth.judge import JudgeConfig, Judged, judge
+from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
 from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.publish import PublishConfig, publish
 
@@ -100,7 +100,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def provenance(cfg: PipelineConfig, titles: Titles, templates: Templates, gens: Generations) -> dict:
-    from prefsynth.generate import resolve_dtype
+    from prefsynth.engines import resolve_dtype
 
     return {
         "name": cfg.name, "model": gens.model.name, "model_fingerprint": gens.model.fingerprint,
@@ -137,8 +137,8 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
     with FileLock(cache_root(cfg.generate) / ".lock", timeout=cfg.build.lock_timeout,
                   what=f"generation cache {cache_root(cfg.generate)}"):
         gens = step(generate, "generate")(titles.titles, templates, cfg.generate)
-        judged: Judged | None = step(judge, "judge")(gens, templates, cfg.judge, cfg.generate) \
-            if cfg.judge.enabled else None
+        judged: Judged | None = step(judge, "judge")(
+            gens, templates, cfg.judge, JudgeSetup.of(gens.model, cfg.generate)) if cfg.judge.enabled else None
     previous = build_mod.read_previous_splits(out)
     built = step(build_mod.build, "build")(gens.rows, titles.titles, templates, cfg.build,
                                            judged.scores if judged else None, previous)

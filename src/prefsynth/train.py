@@ -558,7 +558,8 @@ def _eval_backend(ref, model, tokenizer, cfg: TrainConfig, system_prompt: str | 
     one seeded generator per request, same label-logprob code for the judge."""
     import torch
 
-    from prefsynth.generate import Backend, GenerateConfig, TransformersBackend
+    from prefsynth.engines import Backend, TransformersBackend
+    from prefsynth.generate import GenerateConfig
 
     class Loaded(TransformersBackend):
         def __init__(self):
@@ -587,7 +588,8 @@ def _render_prompt(tokenizer, prompt) -> str:
 def evaluate(cfg: TrainConfig, data: Data, model, tokenizer, ref, log_line: Callable[[str], None]) -> dict:
     """Reviews for the validation titles from base and base + adapter, judged by the base model and VADER."""
     from prefsynth.build import clean_review
-    from prefsynth.generate import Request, request_seed
+    from prefsynth.engines import Request
+    from prefsynth.generate import request_seed
     from prefsynth.judge import lexicon_scores, llm_scores
 
     val = data.validation.unique("title", keep="first", maintain_order=True).sort("title")

@@ -11,13 +11,13 @@ import torch
 
 vllm_sampler = pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler")
 
-from prefsynth import vllm_cpu  # noqa: E402
+from prefsynth.engines import cpu_sampler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def reference():
-    vllm_cpu.install_fast_sampler()
-    return vllm_cpu._original
+    cpu_sampler.install_fast_sampler()
+    return cpu_sampler._original
 
 
 @pytest.mark.parametrize("temperature", [0.5, 0.7, 1.0, 3.0])
@@ -29,7 +29,7 @@ def test_same_mask_as_vllm(reference, temperature, p, k):
     P = torch.full((32,), p)
     K = None if k is None else torch.randint(1, k + 1, (32,), generator=g)
     want = reference(logits.clone(), K, P, True)
-    got = vllm_cpu.top_k_top_p(logits.clone(), K, P, True)
+    got = cpu_sampler.top_k_top_p(logits.clone(), K, P, True)
     differ = torch.isinf(want) != torch.isinf(got)
     for row, col in differ.nonzero().tolist():
         assert abs(_mass_above(logits[row], col, None if K is None else int(K[row])) - p) < 1e-5
@@ -48,7 +48,28 @@ def _mass_above(row: torch.Tensor, col: int, k: int | None) -> float:
 
 
 def test_installed_in_vllm(reference):
-    assert vllm_sampler.apply_top_k_top_p_pytorch is vllm_cpu.top_k_top_p
+    assert vllm_sampler.apply_top_k_top_p_pytorch is cpu_sampler.top_k_top_p
     logits = torch.randn(4, 1000)
     out = vllm_sampler.apply_top_k_top_p(logits.clone(), None, torch.full((4,), 0.9))
     assert torch.equal(torch.isinf(out), torch.isinf(reference(logits.clone(), None, torch.full((4,), 0.9), True)))
+
+
+def test_registered_as_a_vllm_plugin(monkeypatch):
+    """`prefsynth engine` servers get the fast sampler through this entry point (pyproject.toml): it must load, and
+    act only when asked."""
+    from importlib.metadata import entry_points
+
+    [ep] = [e for e in entry_points(group="vllm.general_plugins") if e.name == "prefsynth_fast_sampler"]
+    assert ep.load() is cpu_sampler.register
+
+    def vllms_own(*args):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(cpu_sampler, "_original", cpu_sampler._original)  # both restored after the test
+    monkeypatch.setattr(vllm_sampler, "apply_top_k_top_p_pytorch", vllms_own)
+    monkeypatch.delenv("PREFSYNTH_FAST_SAMPLER", raising=False)
+    cpu_sampler.register()
+    assert vllm_sampler.apply_top_k_top_p_pytorch is vllms_own
+    monkeypatch.setenv("PREFSYNTH_FAST_SAMPLER", "1")
+    cpu_sampler.register()
+    assert vllm_sampler.apply_top_k_top_p_pytorch is cpu_sampler.top_k_top_p

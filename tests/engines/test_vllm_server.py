@@ -1,5 +1,5 @@
-"""generate through a running vLLM server (`prefsynth engine`, `--engine URL`): a real OpenAI-compatible vLLM server
-on loopback, started the way `make engine` starts it, serving the tiny model."""
+"""Generating and judging through a running vLLM server (`prefsynth engine`, `--engine URL`): a real
+OpenAI-compatible vLLM server on loopback, started the way `make engine` starts it, serving the tiny model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,34 +15,22 @@ import httpx
 import pytest
 
 from prefsynth.config import from_dict
+from prefsynth.engines import LightTokenizer, Request, ServerBackend, VLLMBackend, get_backend, served_name
 from prefsynth.errors import UserError
-from prefsynth.generate import (GenerateConfig, LightTokenizer, Request, ServerBackend, VLLMBackend, get_backend,
-                                request_seed, served_name)
+from prefsynth.generate import GenerateConfig, request_seed
 from prefsynth.model import ModelRef, resolve_model
 from prefsynth.pipeline import PipelineConfig, run
 from tiny_model import LOOSE_FILTERS
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# The in-process engine of tests/test_generate.py, so a session that runs both loads it once.
-def _engine_cfg(tiny_model, tmp_path, **kw) -> GenerateConfig:
-    return GenerateConfig(model=str(tiny_model), backend="vllm", max_tokens=8, kv_cache_gib=1,
-                          cache_dir=tmp_path / "cache", max_model_len=512, **kw)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def engine_url(tiny_model, tmp_path_factory):
+def engine_url(tiny_model, tmp_path_factory, free_port):
     """`make engine` (scripts/engine.sh) with the tiny model on a free port, state under a temporary folder;
     `make engine-stop` afterwards must leave no engine process behind."""
     state = tmp_path_factory.mktemp("engine-state")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFSYNTH_STATE": str(state), "ENGINE_PORT": str(port), "MODEL": str(tiny_model),
            "ENGINE_ARGS": "--kv_cache_gib 1 --max_model_len 512 --max_num_seqs 16"}
     script = str(ROOT / "scripts" / "engine.sh")
@@ -65,12 +52,12 @@ def engine_url(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.integration
-def test_server_judges_like_the_in_process_engine(tiny_model, tmp_path, engine_url):
+def test_server_judges_like_the_in_process_engine(tiny_model, vllm_cfg, engine_url):
     """Same weights, same engine settings: the label log-probabilities read over HTTP match the in-process engine's,
     which also checks that the client renders and tokenizes prompts the same way."""
     model = resolve_model(str(tiny_model))
-    local = get_backend(model, _engine_cfg(tiny_model, tmp_path))
-    remote = get_backend(model, _engine_cfg(tiny_model, tmp_path, engine_url=engine_url))
+    local = get_backend(model, vllm_cfg())
+    remote = get_backend(model, vllm_cfg(engine_url=engine_url))
     assert isinstance(local, VLLMBackend) and isinstance(remote, ServerBackend)
     # the client's own tokenizer (no transformers/torch import) passed its check against the server's rendering
     assert isinstance(remote.tokenizer, LightTokenizer)
@@ -120,32 +107,11 @@ def test_engine_serving_other_weights_is_refused(tiny_model, engine_url):
     assert served_name(real, "float32") in httpx.get(f"{engine_url}/v1/models").text
 
 
-def test_unreachable_engine_is_one_line_and_writes_nothing(tiny_model, tmp_path):
+def test_unreachable_engine_is_one_line_and_writes_nothing(tiny_model, tmp_path, free_port):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "prefsynth", "build", "--n", "2", "--model", str(tiny_model), "--out", str(out),
-           "--cache", str(tmp_path / "cache"), "--engine", f"http://127.0.0.1:{_free_port()}"]
+           "--cache", str(tmp_path / "cache"), "--engine", f"http://127.0.0.1:{free_port()}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no vLLM engine answering at http://127.0.0.1:")
     assert "Traceback" not in proc.stderr and not out.exists()
-
-
-def test_engine_cannot_be_combined_with_transformers(tiny_model, tmp_path):
-    with pytest.raises(UserError, match="cannot be combined"):
-        get_backend(resolve_model(str(tiny_model)),
-                    GenerateConfig(model=str(tiny_model), backend="transformers", engine_url="http://127.0.0.1:1"))
-
-
-@pytest.mark.parametrize("which", ["tiny", "bundled"])
-def test_light_tokenizer_renders_and_encodes_like_transformers(which, request):
-    from transformers import AutoTokenizer
-
-    folder = request.getfixturevalue("tiny_model" if which == "tiny" else "bundled_model")
-    light, ref = LightTokenizer(Path(folder)), AutoTokenizer.from_pretrained(str(folder))
-    for messages in ([{"role": "user", "content": "Write a review of \"X < Y\" & more.\n\nThanks"}],
-                     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "héllo"}]):
-        text = light.apply_chat_template(messages)
-        assert text == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert light.encode(text) == ref(text)["input_ids"]
-    for word in ("negative", " Positive"):
-        assert light.encode(word, add_special_tokens=False) == ref.encode(word, add_special_tokens=False)
