@@ -62,13 +62,13 @@ $(VENV)/.installed-$(DEVICE): pyproject.toml requirements/$(DEVICE).txt
 	@touch $@
 
 paired: install
-	$(PY) flows/build_dataset.py --formats paired $(BUILD_ARGS)
+	$(PY) -m prefsynth build --prefect --formats paired $(BUILD_ARGS)
 
 unpaired: install
-	$(PY) flows/build_dataset.py --formats unpaired $(BUILD_ARGS)
+	$(PY) -m prefsynth build --prefect --formats unpaired $(BUILD_ARGS)
 
 both: install
-	$(PY) flows/build_dataset.py --formats both $(BUILD_ARGS)
+	$(PY) -m prefsynth build --prefect --formats both $(BUILD_ARGS)
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
@@ -89,10 +89,10 @@ TRAIN_ARGS = --data $(DATA) $(if $(STEPS),--steps $(STEPS)) $(if $(OUT),--out $(
              $(ARGS)
 
 train-dpo: install
-	$(PY) flows/train.py --mode dpo $(TRAIN_ARGS)
+	$(PY) -m prefsynth train --prefect --mode dpo $(TRAIN_ARGS)
 
 train-kto: install
-	$(PY) flows/train.py --mode kto $(TRAIN_ARGS)
+	$(PY) -m prefsynth train --prefect --mode kto $(TRAIN_ARGS)
 
 # Orchestration (README "Orchestration with Prefect"): a real Prefect server on 127.0.0.1, its database, PID files
 # and logs under .state/; `make stop` stops exactly the processes `make serve` started.

@@ -5,7 +5,7 @@ logs, how generation is sharded and what training gets; this file only turns tho
 Prefect's result cache is off (cache_policy=NONE, no persisted results): the generation cache is the one source of
 truth for what was already generated, and it survives crashes that Prefect's cache would not see.
 
-    python flows/build_dataset.py --formats paired --n 50        # what `make paired` runs (in-process)
+    prefsynth build --prefect --formats paired --n 50           # what `make paired` runs (in-process)
     prefect deployment run build-dataset/paired --watch          # the same flow on a worker (`make serve`)
 """
 
@@ -132,36 +132,7 @@ def build_dataset(config: dict | None = None, train: bool = False, shards: int =
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+if __name__ == "__main__":  # kept for old scripts: `prefsynth build --prefect` is the entry point
+    from prefsynth.cli import main
 
-    from prefsynth.cli import quiet_libraries, run_cli
-    from prefsynth.config import add_arguments, parse_into
-
-    quiet_libraries()
-    from prefsynth.cli import Parser
-
-    parser = Parser(prog="build_dataset.py", description="Run the build-dataset flow in this process.")
-    add_arguments(parser, PipelineConfig)
-    parser.add_argument("--shards", type=int, default=1, help="generate in this many task runs (default: 1)")
-    parser.add_argument("--train", action="store_true",
-                        help="start train/dpo or train/kto on the result (needs `make serve` and PREFECT_API_URL)")
-    args = parser.parse_args(argv)
-    shards, train = args.shards, args.train
-    del args.shards, args.train
-
-    def go() -> int:
-        from prefsynth.errors import UserError
-
-        try:
-            cfg = parse_into(PipelineConfig, args)
-        except ValueError as e:  # a flag value that does not parse (wrong type, bad choice)
-            raise UserError(str(e)) from None
-        build_dataset(to_dict(cfg), train=train, shards=shards)
-        return 0
-
-    return run_cli(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["build", "--prefect", *sys.argv[1:]]))

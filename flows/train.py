@@ -4,7 +4,7 @@ No logic lives here: `prefsynth.train.train` does the work; this file turns its 
 evaluate, push) into Prefect tasks and sends its progress lines (one per trainer log event) to the run's log.
 Deployments `train/dpo` and `train/kto` (prefect.yaml) call it with `config={"mode": ..., "data": ...}`.
 
-    python flows/train.py --mode dpo --data data/out/reviewer2 --steps 20 --out /tmp/dpo   # what `make train-dpo` runs
+    prefsynth train --prefect --mode dpo --data data/out/reviewer2 --steps 20 --out /tmp/dpo   # make train-dpo
 """
 
 from __future__ import annotations
@@ -39,25 +39,7 @@ def train(config: dict | None = None) -> dict:
     return to_dict(result)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+if __name__ == "__main__":  # kept for old scripts: `prefsynth train --prefect` is the entry point
+    from prefsynth.cli import main
 
-    from prefsynth.cli import quiet_libraries, run_cli
-    from prefsynth.config import add_arguments, parse_into
-
-    quiet_libraries()
-    parser = argparse.ArgumentParser(description="Run the train flow in this process.")
-    add_arguments(parser, TrainConfig)
-    args = parser.parse_args(argv)
-
-    def go() -> int:
-        cfg = parse_into(TrainConfig, args)
-        cfg.validate()  # a bad flag fails in one line before Prefect starts its engine
-        train(to_dict(cfg))
-        return 0
-
-    return run_cli(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", "--prefect", *sys.argv[1:]]))

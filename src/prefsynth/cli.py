@@ -63,11 +63,31 @@ def _print_summary(summary) -> None:
     print("\n".join(summary.lines()), flush=True)
 
 
+def load_flow(module: str, name: str):
+    """A Prefect flow of flows/ (beside src/ in the checkout, where prefect.yaml's entrypoints point too)."""
+    import importlib.util
+
+    from prefsynth.constants import ROOT
+
+    spec = importlib.util.spec_from_file_location(f"prefsynth_flow_{module}", ROOT / "flows" / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    hide_user_error_tracebacks()  # Prefect set up its log handlers on import
+    return getattr(mod, name)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    from prefsynth.config import parse_into
+    from prefsynth.config import parse_into, to_dict
+    from prefsynth.errors import UserError
     from prefsynth.pipeline import PipelineConfig, run
 
-    summary = run(parse_into(PipelineConfig, args))
+    cfg = parse_into(PipelineConfig, args)
+    if args.prefect:  # what `make paired` runs: the build-dataset flow, in this process
+        load_flow("build_dataset", "build_dataset")(to_dict(cfg), train=args.train, shards=args.shards)
+        return 0
+    if args.shards != 1 or args.train:
+        raise UserError("--shards and --train are options of the Prefect flow: add --prefect")
+    summary = run(cfg)
     _print_summary(summary)
     if args.summary_json:
         from prefsynth.config import to_dict
@@ -143,10 +163,15 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prefsynth.config import parse_into
+    from prefsynth.config import parse_into, to_dict
     from prefsynth.train import TrainConfig, train
 
-    for line in train(parse_into(TrainConfig, args)).lines():
+    cfg = parse_into(TrainConfig, args)
+    if args.prefect:  # what `make train-dpo` runs: the train flow, in this process
+        cfg.validate()  # a bad flag fails in one line before Prefect starts its engine
+        load_flow("train", "train")(to_dict(cfg))
+        return 0
+    for line in train(cfg).lines():
         print(line, flush=True)
     return 0
 
@@ -178,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "build", "collect titles, generate reviews, judge, build and write the datasets",
                       PipelineConfig, cmd_build)
     p.add_argument("--summary-json", default=None, help="also write the run summary (stats, timings) to this file")
+    p.add_argument("--prefect", action="store_true", help="run it as the build-dataset Prefect flow in this process "
+                   "(each stage a task run; what `make paired` does)")
+    p.add_argument("--shards", type=int, default=1, help="with --prefect: generate in this many task runs")
+    p.add_argument("--train", action="store_true", help="with --prefect: start train/dpo or train/kto on the "
+                   "result (needs `make serve` and PREFECT_API_URL)")
     _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model once (make install does this)",
                   None, cmd_install_model)
     p = _stage_parser(sub, "publish", "upload a dataset folder to the Hugging Face Hub in one commit",
@@ -202,15 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="port to listen on")
     from prefsynth.train import TrainConfig
 
-    _stage_parser(sub, "train", "train a LoRA adapter with TRL (DPO on paired, KTO on unpaired) and evaluate it",
-                  TrainConfig, cmd_train)
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    p = _stage_parser(sub, "train", "train a LoRA adapter with TRL (DPO on paired, KTO on unpaired) and evaluate it",
+                      TrainConfig, cmd_train)
+    p.add_argument("--prefect", action="store_true", help="run it as the train Prefect flow in this process "
+                   "(what `make train-dpo` does)")
     return parser
-
-
-# Later stages (train, judge-eval) register themselves here to keep this module free of their imports.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def run_cli(fn: Callable[[], int]) -> int:
@@ -236,14 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:
             return int(e.code or 0)
-        from prefsynth.errors import UserError
-
         try:
             return args.fn(args)
-        except ValueError as e:  # config values that do not parse (wrong type, bad choice)
-            if "field" in str(e) or "must be" in str(e):
-                raise UserError(str(e)) from None
-            raise
         finally:  # engines a command loaded (build, judge-eval), however it ended
             if "prefsynth.engines" in sys.modules:
                 sys.modules["prefsynth.engines"].close_backends(process_exit=_PROCESS_ENTRY)
@@ -257,10 +277,13 @@ _PROCESS_ENTRY = False  # set by entry(): this process ends when the command ret
 def entry() -> None:
     """The `prefsynth` command. Once the command has returned, every output is renamed into place and every
     journal closed; what is left is the interpreter freeing torch's and vLLM's objects one by one (~2 s on two
-    cores), which we skip. Not for in-process callers: use main()."""
+    cores), which we skip. Not for in-process callers: use main(). A run that went through Prefect exits normally:
+    Prefect stops its temporary API server in an atexit hook, which os._exit would skip (leaving it running)."""
     global _PROCESS_ENTRY
     _PROCESS_ENTRY = True
     rc = main()
+    if "prefect" in sys.modules:
+        sys.exit(rc)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefsynth.config import opt
+from prefsynth.constants import DEFAULT_TITLES
 from prefsynth.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TITLES = ROOT / "data" / "titles.txt"
 OPENREVIEW_PREFIX = "openreview:"
 
 
@@ -168,6 +167,3 @@ def collect(cfg: CollectConfig) -> Titles:
     stats["sampled"] = len(sample)
     return Titles(sample, stats)
 
-
-def describe(t: Titles) -> str:
-    return json.dumps(t.stats, sort_keys=True)

@@ -14,7 +14,15 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from prefsynth.errors import UserError
+
 T = TypeVar("T")
+
+
+class ConfigError(UserError, ValueError):
+    """A setting that does not parse (wrong type, bad choice, unknown field): the user's to fix, raised here.
+
+    Also a ValueError, the type callers that read settings from elsewhere (a manifest) already catch."""
 
 
 def opt(default: Any, help: str, *, alias: str | None = None, **kw: Any) -> Any:
@@ -61,7 +69,7 @@ def _convert(tp: Any, value: Any, name: str) -> Any:
         return from_dict(tp, value)
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
-            raise ValueError(f"{name} must be one of {', '.join(map(str, get_args(tp)))}, got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, get_args(tp)))}, got {value!r}")
         return value
     if tp is Path:
         return Path(value)
@@ -72,13 +80,13 @@ def _convert(tp: Any, value: Any, name: str) -> Any:
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
         return bool(value)
     if tp in (int, float, str):
         try:
             return tp(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be {tp.__name__}, got {value!r}") from None
+            raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}") from None
     if get_origin(tp) in (list, tuple):
         (inner, *_) = get_args(tp) or (str,)
         if isinstance(value, str):
@@ -92,7 +100,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
     kwargs = {k: _convert(hints[k], v, k) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -8,12 +8,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from prefsynth.constants import DEFAULT_HUB, MODE_FOR_CONFIG
 from prefsynth.errors import UserError
 
 # Deployments that train on what a build wrote: `<TRAIN_FLOW>/<mode>`, as declared in prefect.yaml.
 TRAIN_FLOW = "train"
-MODE_FOR_CONFIG = {"paired": "dpo", "unpaired": "kto"}
-DEFAULT_HUB = "https://huggingface.co"
 
 
 def pipeline_config(config: dict | None):

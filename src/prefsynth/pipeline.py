@@ -16,7 +16,8 @@ from typing import Any
 
 from prefsynth import build as build_mod
 from prefsynth.build import BuildConfig
-from prefsynth.card import WriteResult, package_versions, write_dataset
+from prefsynth.card import package_versions
+from prefsynth.write import WriteResult, write_dataset
 from prefsynth.collect import CollectConfig, Titles, collect
 from prefsynth.config import opt, to_dict
 from prefsynth.errors import UserError
@@ -117,7 +118,7 @@ def provenance(cfg: PipelineConfig, titles: Titles, templates: Templates, gens: 
 
 
 def _display_source(source: str) -> str:
-    from prefsynth.collect import DEFAULT_TITLES
+    from prefsynth.constants import DEFAULT_TITLES
 
     return "default titles (data/titles.txt)" if Path(source) == DEFAULT_TITLES else source
 
@@ -139,10 +140,9 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
         gens = step(generate, "generate")(titles.titles, templates, cfg.generate)
         judged: Judged | None = step(judge, "judge")(
             gens, templates, cfg.judge, JudgeSetup.of(gens.model, cfg.generate)) if cfg.judge.enabled else None
-    previous = build_mod.read_previous_splits(out)
+    splits = build_mod.assign_splits(titles.titles, cfg.build, build_mod.read_previous_splits(out))
     built = step(build_mod.build, "build")(gens.rows, titles.titles, templates, cfg.build,
-                                           judged.scores if judged else None, previous)
-    splits = build_mod.assign_splits(titles.titles, cfg.build, previous)
+                                           judged.scores if judged else None, splits)
     plots = {}
     if judged is not None:
         from prefsynth.plots import judge_histogram

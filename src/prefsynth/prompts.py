@@ -16,10 +16,9 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from prefsynth.config import opt
+from prefsynth.constants import PROMPTS_DIR
 from prefsynth.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DIR = ROOT / "prompts"
 
 # template name -> variables it must use (and the only ones it may use besides its own imports)
 REQUIRED = {
@@ -33,7 +32,7 @@ POLARITIES = ("negative", "positive")
 
 @dataclass
 class PromptConfig:
-    dir: Path = opt(DEFAULT_DIR, "folder holding negative.j2, positive.j2, dataset.j2 and judge.j2",
+    dir: Path = opt(PROMPTS_DIR, "folder holding negative.j2, positive.j2, dataset.j2 and judge.j2",
                     alias="prompts")
 
 
@@ -121,6 +120,3 @@ class Templates:
     def judge(self, review: str) -> str:
         return self.render("judge", review=review)
 
-
-def load(cfg: PromptConfig | None = None) -> Templates:
-    return Templates(cfg or PromptConfig())
