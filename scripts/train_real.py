@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from prefsynth.constants import CONFIG_FOR_MODE, DEFAULT_OUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(ROOT / "data" / "out" / "reviewer2"), help="dataset folder (built if missing)")
+    p.add_argument("--data", default=str(DEFAULT_OUT), help="dataset folder (built if missing)")
     p.add_argument("--n", type=int, default=40, help="titles to build when the dataset is missing")
     p.add_argument("--mode", choices=["dpo", "kto"], default="dpo")
     p.add_argument("--steps", type=int, default=30)
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> int:
-        from prefsynth.train import CONFIG_FOR_MODE, EvalSettings, TrainConfig, train
+        from prefsynth.train import EvalSettings, TrainConfig, train
 
         data = Path(args.data)
         if not (data / CONFIG_FOR_MODE[args.mode] / "train.parquet").exists():

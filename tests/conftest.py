@@ -80,3 +80,30 @@ def _free_port() -> int:
 def free_port():
     """A function returning a loopback TCP port nobody listens on (call it for each server a test starts)."""
     return _free_port
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path) -> str:
+    """The online-Hub environment for one test: the suite runs with HF_HUB_OFFLINE=1 (above), this lifts it and sets
+    HF_TOKEN to the loopback Hub's write token, with no token stored on this machine (or other token source) in
+    reach. The endpoint is passed explicitly (huggingface_hub reads HF_ENDPOINT once, at import). Returns the token."""
+    import huggingface_hub.constants as hf_constants
+    from hub import WRITE_TOKEN
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    return WRITE_TOKEN
+
+
+@pytest.fixture
+def hub(hub_env):
+    """A loopback Hub server (tests/hub) in the online-Hub environment; it accepts hub.WRITE_TOKEN (write) and
+    hub.READ_TOKEN (read). `hub.endpoint` is its URL."""
+    from hub import READ_TOKEN, WRITE_TOKEN, HubServer
+
+    with HubServer(tokens={WRITE_TOKEN: "write", READ_TOKEN: "read"}) as server:
+        yield server

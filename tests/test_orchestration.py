@@ -4,7 +4,7 @@ One server per test session (`scripts/serve.sh` on a free loopback port, its own
 worker on the `cpu` pool and none on `gpu`), stopped with `scripts/stop.sh` at the end. A build runs through the
 CLI (`prefect deployment run build-dataset/paired --watch`) on the tiny model; the incremental refresh and the
 flow's own behaviours (shards, hand-off skipped, no retry of user errors) run in this process against the same
-server, publishing to the loopback Hub of tests/hub_server.py. Nothing is mocked.
+server, publishing to the loopback Hub of tests/hub (conftest's `hub` fixture). Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import secrets
 import socket
 import subprocess
 import time
@@ -30,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT = ROOT / ".venv" / "bin" / "prefect"
 PREFECT_YAML = ROOT / "prefect.yaml"
 TITLES = [t for t in (ROOT / "data" / "titles.txt").read_text().splitlines() if t.strip()]
-TOKEN = "hf_write_" + secrets.token_hex(16)
 REPO = "tester/reviewer2-refresh"
 
 
@@ -302,21 +300,6 @@ def _flow_module():
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    from hub_server import HubServer
-
-    # conftest keeps the suite offline; publishing talks to 127.0.0.1 only.
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubServer(tokens={TOKEN: "write"}) as server:
-        yield server
 
 
 @pytest.mark.integration

@@ -1,6 +1,6 @@
 """No token or credential reaches logs, Prefect results, the cache, the card or the outputs.
 
-A sentinel token drives a real publish (the Prefect flow in-process, the loopback Hub server of tests/hub_server.py,
+A sentinel token drives a real publish (the Prefect flow in-process, the loopback Hub server of tests/hub/,
 which checks the protocol, not the real Hub); then every byte the run left behind is searched for it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hub_server import HubServer
+from hub import HubServer
 from tiny_model import LOOSE_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Train stage: DPO and KTO with LoRA on the tiny model, against a dataset made by the project's own build stage.
+"""Train stage end to end (`prefsynth.train.run`): DPO and KTO with LoRA on the tiny model, against a dataset made
+by the project's own build stage.
 
 What this checks: both trainers run a few real optimizer steps through TRL 1.16; the adapter written to the output
 folder reloads with PEFT and changes the model's logits; metrics, curves, config and report are written; the
@@ -17,7 +18,7 @@ import polars as pl
 import pytest
 
 from prefsynth.errors import UserError
-from prefsynth.train import EvalSettings, TrainConfig, fit_prompt, kto_order, train
+from prefsynth.train import EvalSettings, TrainConfig, train
 from tiny_model import LOOSE_FILTERS
 
 TITLES = Path(__file__).resolve().parents[1] / "data" / "titles.txt"
@@ -118,7 +119,7 @@ def test_dpo_trains_reloads_and_evaluates(built, tiny_model, tmp_path):
 
 def base_model_reviews(model_dir: Path, data: Path, titles: list[str]) -> list[str]:
     """Reviews from the plain generate-stage backend (no PEFT anywhere), seeded like the evaluation."""
-    from prefsynth.build import clean_review
+    from prefsynth.filters import clean_review
     from prefsynth.engines import Request, TransformersBackend
     from prefsynth.generate import GenerateConfig, request_seed
     from prefsynth.model import resolve_model
@@ -135,28 +136,19 @@ def base_model_reviews(model_dir: Path, data: Path, titles: list[str]) -> list[s
     return pl.DataFrame({"t": raw}).select(clean_review(pl.col("t"))).to_series().to_list()
 
 
-# ---------------------------------------------------------------------------------------------------------- KTO
+# ------------------------------------------------------------------------------------------------ KTO from the Hub
 
 
-def test_kto_from_hub_revision_and_push(built, tiny_model, tmp_path, monkeypatch):
+def test_kto_from_hub_revision_and_push(built, tiny_model, tmp_path, hub):
     """KTO on the unpaired config of a dataset published to the (loopback) Hub, pinned by tag, adapter pushed."""
-    import huggingface_hub.constants as hf_constants
-
-    from hub_server import HubServer
     from prefsynth.publish import PublishConfig, publish
 
-    token = "hf_test_write_token_0123456789"
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_TOKEN", token)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
-    with HubServer(tokens={token: "write"}) as hub:
-        [pub] = publish(built, PublishConfig(repo_id="tester/r2", endpoint=hub.endpoint, max_retries=0))
-        out = tmp_path / "kto"
-        cfg = quick("tester/r2", out, "kto", revision=pub.tag, titles=2, push_to="tester/r2-kto",
-                    endpoint=hub.endpoint)
-        result = train(cfg)
-        remote = hub.files("tester/r2-kto", repo_type="model")
+    [pub] = publish(built, PublishConfig(repo_id="tester/r2", endpoint=hub.endpoint, max_retries=0))
+    out = tmp_path / "kto"
+    cfg = quick("tester/r2", out, "kto", revision=pub.tag, titles=2, push_to="tester/r2-kto",
+                endpoint=hub.endpoint)
+    result = train(cfg)
+    remote = hub.files("tester/r2-kto", repo_type="model")
 
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["revision"] == pub.revision and m["data"]["config"] == "unpaired"
@@ -171,30 +163,7 @@ def test_kto_from_hub_revision_and_push(built, tiny_model, tmp_path, monkeypatch
     assert (tuned - base).abs().max().item() > 1e-4
 
 
-def test_kto_order_mixes_labels_in_every_pair():
-    # Worst case for KTO's sequential sampler: all desirable rows first.
-    df = pl.DataFrame({"prompt": [f"p{i}" for i in range(10)], "completion": [f"c{i}" for i in range(10)],
-                       "label": [True] * 6 + [False] * 4})
-    a, b = kto_order(df, 0), kto_order(df, 1)
-    labels = a["label"].to_list()
-    assert all(labels[i] != labels[i + 1] for i in range(0, 8, 2))  # 4 mixed pairs, then the 2 spare desirables
-    assert labels[8:] == [True, True]
-    assert sorted(a["prompt"]) == sorted(df["prompt"]) and a["prompt"].to_list() != b["prompt"].to_list()
-    with pytest.raises(UserError, match="desirable and undesirable"):
-        kto_order(df.filter(pl.col("label")), 0)
-
-
 # --------------------------------------------------------------------------------------------------- truncation
-
-
-def test_fit_prompt_keeps_the_completion_and_the_end_of_the_prompt():
-    prompt, comps = fit_prompt(list(range(200)), [[1000] * 60, [2000] * 90], 128)
-    assert prompt == list(range(162, 200))  # 128 - 90 = 38 prompt tokens, the last ones
-    assert comps == [[1000] * 60, [2000] * 90]
-    # A completion that alone fills the window still leaves a quarter of it to the prompt.
-    prompt, comps = fit_prompt(list(range(200)), [[7] * 300], 128)
-    assert prompt == list(range(168, 200)) and comps == [[7] * 96]
-    assert fit_prompt([1, 2], [[3]], 128) == ([1, 2], [[3]])
 
 
 def test_trl_keep_start_truncation_drops_everything(built, tmp_path):
