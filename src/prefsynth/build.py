@@ -21,6 +21,7 @@ from prefsynth.errors import UserError
 from prefsynth.filters import flag_generations
 from prefsynth.manifest import Manifest
 from prefsynth.prompts import Templates
+from prefsynth.validity import REASONS, validity_flags
 
 
 @dataclass
@@ -40,8 +41,13 @@ class BuildConfig:
     max_echo: float = opt(0.3, "drop reviews where more than this share of word 4-grams is copied from the prompt")
     near_duplicate: float = opt(0.8, "drop reviews whose 5-char-shingle Jaccard similarity to an earlier review "
                                      "(MinHash estimate) reaches this; 1.0 disables")
+    invalid: Literal["drop", "flag", "keep"] = opt(
+        "drop", "texts that are not the reviewer's review of the paper (author voice, meta-talk, instruction echo, "
+                "copied examples, wrong paper, not about the paper; prefsynth/validity.py): drop, keep with a "
+                "flag, or ignore")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
-        "drop", "pairs whose judged polarity contradicts the labels: drop, keep with a flag, or ignore")
+        "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
+                "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")
     shuffle_seed: int = opt(0, "seed for the order of unpaired rows")
     license: str = opt("apache-2.0", "license written into the dataset card")
     lock_timeout: float = opt(0.0, "seconds to wait for another build of the same output folder")
@@ -83,14 +89,23 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     if splits is None:
         splits = assign_splits(titles, cfg)
     flagged = flag_generations(gens, templates, cfg)
+    if cfg.invalid != "keep":
+        flagged = validity_flags(flagged, templates)
+        if cfg.invalid == "drop":  # each reason becomes a filter, counted like the others
+            flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in REASONS)
+            flagged = flagged.with_columns(pl.any_horizontal(c for c in flagged.columns if c.startswith("bad_"))
+                                           .alias("bad"))
     if judged is not None and judged.height:
         flagged = flagged.join(judged, on="key", how="left")
+    flagged, candidate_stats = best_candidates(flagged)
     rejected_pol = "positive" if cfg.chosen == "negative" else "negative"
     split_df = pl.DataFrame({"title": list(splits), "split": list(splits.values())})
     prompts = pl.DataFrame({"title": titles, "prompt_text": templates.render_many("dataset", titles)})
 
     keep_cols = ["title", "key", "review", "finish_reason", "completion_tokens", "truncated", "repeat_share",
                  "bad"] + [c for c in flagged.columns if c.startswith("bad_")]
+    if cfg.invalid == "flag":
+        keep_cols.append("invalid")
     if {"judge_llm", "judge_lexicon"} <= set(flagged.columns):
         # Per review: do the two judges put it on the same side of 0.5? (null when one judge did not run)
         both = pl.col("judge_llm").is_not_nan() & pl.col("judge_lexicon").is_not_nan()
@@ -103,17 +118,19 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     pairs = (prompts.join(ch, on="title", how="inner")
              .join(rj, on="title", how="inner", suffix="_r")
              .join(split_df, on="title", how="left"))
-    stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height}
+    stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height, **candidate_stats}
     drops: dict[str, int] = {}
     for c in [c for c in flagged.columns if c.startswith("bad_")]:
         drops[c[4:]] = int((pairs.get_column(c) | pairs.get_column(f"{c}_r")).sum())
     pairs = pairs.with_columns((pl.col("bad") | pl.col("bad_r")).alias("_drop"))
 
     if judge_cols:
-        # Consistent: the chosen review is judged more in the chosen polarity than the rejected one.
+        # Consistent: each side is judged to have its labelled polarity (the chosen review more likely negative than
+        # not when chosen = negative, the rejected one more likely positive), the claim the noise estimate checks.
         sign = 1 if cfg.chosen == "negative" else -1
         pairs = pairs.with_columns(
-            (sign * (pl.col("judge_negative") - pl.col("judge_negative_r")) > 0).alias("consistent"),
+            ((sign * (pl.col("judge_negative") - 0.5) > 0) & (sign * (0.5 - pl.col("judge_negative_r")) > 0))
+            .alias("consistent"),
         )
         clean = pairs.filter(~pl.col("_drop"))
         stats["noise_rate_before"] = _rate(pairs, "consistent")
@@ -143,6 +160,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
             pl.col("finish_reason_r").alias("rejected_finish_reason"),
             pl.col("completion_tokens").alias("chosen_tokens"), pl.col("completion_tokens_r").alias("rejected_tokens")]
     jmeta = []
+    if cfg.invalid == "flag":
+        jmeta += [(~pl.col("invalid")).alias("chosen_valid"), (~pl.col("invalid_r")).alias("rejected_valid")]
     for c in judge_cols:
         jmeta += [pl.col(c).alias(f"chosen_{c}"), pl.col(f"{c}_r").alias(f"rejected_{c}")]
     if judge_cols:
@@ -159,6 +178,25 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     values = list(splits.values())
     stats["split_titles"] = {s: values.count(s) for s in SPLITS}
     return Built(frames, stats)
+
+
+def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:
+    """One row per (title, polarity): of several candidates, the first that passes every filter, the one judged
+    most clearly of its polarity among those (most negative for a negative review), then the lowest index. With
+    one candidate per review this changes nothing."""
+    if "candidate" not in flagged.columns or flagged.get_column("candidate").max() in (None, 0):
+        return flagged, {}
+    n = int(flagged.get_column("candidate").max()) + 1
+    score = pl.col("judge_negative") if "judge_negative" in flagged.columns else pl.lit(0.5)
+    side = pl.when(pl.col("polarity") == "negative").then(score).otherwise(1 - score).fill_nan(0.5).fill_null(0.5)
+    ok = flagged.group_by("title", "polarity").agg((~pl.col("bad")).any().alias("_ok"))
+    best = (flagged.with_columns(side.alias("_side"))
+            .sort(["title", "polarity", "bad", "_side", "candidate"], descending=[False, False, False, True, False])
+            .unique(["title", "polarity"], keep="first", maintain_order=True).drop("_side"))
+    stats = {"candidates": n, "reviews_with_a_clean_candidate": int(ok.get_column("_ok").sum()),
+             "reviews_wanted": ok.height, "candidates_clean": int((~flagged.get_column("bad")).sum()),
+             "candidates_generated": flagged.height}
+    return best, stats
 
 
 def _rate(df: pl.DataFrame, col: str) -> float:

@@ -37,6 +37,10 @@ class GenerateConfig:
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
+    opening: str = opt("", "words the reply starts with, written into the assistant turn before the model continues "
+                           "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text")
+    candidates: int = opt(1, "reviews sampled per (title, polarity), each cached under its own key and seed; the "
+                             "build keeps the best valid one", alias="candidates")
     cache_dir: Path | None = opt(None, "generation cache (default: $PREFSYNTH_HOME/cache)", alias="cache")
     fsync_seconds: float = opt(1.0, "finished reviews reach the cache journal at once; fsync at most this often")
     # vLLM engine settings; on GPUs these pass straight through to vllm.LLM
@@ -74,7 +78,7 @@ def request_seed(key: str) -> int:
 
 @dataclass
 class Generations:
-    rows: pl.DataFrame  # one row per (title, polarity), GEN_SCHEMA + key
+    rows: pl.DataFrame  # one row per (title, polarity, candidate): GEN_SCHEMA + key + candidate
     model: ModelRef
     stats: dict[str, float] = field(default_factory=dict)
     dtype: str | None = None  # of the engine this run generated with (None: everything came from the cache)
@@ -84,9 +88,17 @@ def cache_root(cfg: GenerateConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else home() / "cache"
 
 
-def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, title: str, polarity: str) -> str:
+def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, title: str, polarity: str,
+                   candidate: int = 0) -> str:
+    """The cache key of one review. The opening and the candidate index join the key only when set, so reviews
+    cached before either existed keep their keys (and candidate 0 is the review a one-candidate run makes)."""
+    extra: dict[str, object] = {}
+    if cfg.opening:
+        extra["opening"] = cfg.opening
+    if candidate:
+        extra["candidate"] = candidate
     return make_key(model=model.fingerprint, templates=templates.hash_for(polarity), params=cfg.sampling(),
-                    system=cfg.system_prompt, title=title, polarity=polarity)
+                    system=cfg.system_prompt, title=title, polarity=polarity, **extra)
 
 
 def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
@@ -96,7 +108,10 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     model = resolve_model(cfg.model)
     store = Store(cache_root(cfg), "generations", GEN_SCHEMA)
     store.sweep()
-    wanted = {generation_key(model, templates, cfg, t, p): (t, p) for t in titles for p in POLARITIES}
+    if cfg.candidates < 1:
+        raise UserError(f"generate.candidates must be at least 1, got {cfg.candidates}")
+    wanted = {generation_key(model, templates, cfg, t, p, c): (t, p, c)
+              for t in titles for p in POLARITIES for c in range(cfg.candidates)}
     have = store.load(set(wanted))
     todo = [k for k in wanted if k not in set(have.get_column("key").to_list())]
     stats: dict[str, float] = {"requested": len(wanted), "reused": len(wanted) - len(todo), "generated": 0,
@@ -108,7 +123,8 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         backend = get_backend(model, cfg)
         dtype = backend.dtype
         t_engine = time.time() - t1
-        requests = [Request(k, backend.chat(templates.generation(*wanted[k])), request_seed(k)) for k in todo]
+        requests = [Request(k, backend.chat(templates.generation(*wanted[k][:2])) + cfg.opening, request_seed(k))
+                    for k in todo]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(requests), desc=f"generating ({backend.name})", unit="review", dynamic_ncols=True,
@@ -117,8 +133,8 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         # Every finished review goes to the journal as it arrives: a crash loses only reviews still in the engine.
         with store.journal(cfg.fsync_seconds) as journal:
             for out in backend.generate(requests):
-                title, polarity = wanted[out.key]
-                journal.add({"key": out.key, "title": title, "polarity": polarity, "text": out.text,
+                title, polarity, _ = wanted[out.key]
+                journal.add({"key": out.key, "title": title, "polarity": polarity, "text": cfg.opening + out.text,
                              "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                              "finish_reason": out.finish_reason, "model": model.name,
                              "template_hash": templates.hash_for(polarity), "backend": backend.name})
@@ -138,4 +154,6 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     stats.update(engine_seconds=round(t_engine, 2), generate_seconds=round(t_gen, 2),
                  tokens_per_second=round(stats["completion_tokens"] / t_gen, 1) if t_gen else 0.0,
                  seconds=round(time.time() - t0, 2))
-    return Generations(have, model, stats, dtype)
+    candidate = pl.DataFrame({"key": list(wanted), "candidate": [c for _, _, c in wanted.values()]},
+                             schema={"key": pl.Utf8, "candidate": pl.Int32})
+    return Generations(have.join(candidate, on="key", how="left", maintain_order="left"), model, stats, dtype)

@@ -50,13 +50,19 @@ class Manifest:
         if not isinstance(data, dict):
             return cls()
         configs = {}
-        for name, entry in (data.get("configs") or {}).items():
+        raw = data.get("configs")
+        for name, entry in (raw.items() if isinstance(raw, dict) else ()):
             try:
                 configs[name] = ConfigEntry(**entry)
             except TypeError:  # an entry from another version: treat the config as not written
                 continue
-        return cls(int(data.get("version", 0)), data.get("created", ""), data.get("updated", ""), configs,
-                   dict(data.get("splits") or {}))
+        try:
+            version = int(data.get("version", 0))
+        except (TypeError, ValueError):
+            version = 0
+        splits = data.get("splits")
+        return cls(version, str(data.get("created", "")), str(data.get("updated", "")), configs,
+                   {str(k): str(v) for k, v in splits.items()} if isinstance(splits, dict) else {})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

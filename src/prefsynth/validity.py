@@ -1,0 +1,180 @@
+"""Is a generated text a review of the paper, written as its reviewer? One boolean column per reason.
+
+A small instruction-tuned model asked for a review often writes something else: an author announcing "our paper",
+talk about "the review" or "the reviewer", the instruction read back ("Here's a harsh, critical review..."), the
+few-shot examples copied, another paper, or nothing about a paper at all. Each reason is a vectorised polars rule
+over the whole column (no per-row Python); `tests/data/validity_labels.jsonl` holds hand labels, and
+`prefsynth validity-eval` prints each rule's precision and recall on them.
+
+Rules are deliberately lexical: they are cheap, explainable (the card counts each reason) and measured; the
+polarity of a review is the judge's business, not theirs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from prefsynth.prompts import POLARITIES, Templates
+
+REASONS = ("author_voice", "meta_talk", "instruction_echo", "copies_examples", "wrong_paper", "not_about_paper")
+
+# The writer presents the work as its own, or announces it.
+_AUTHOR = (
+    r"(?i)\b(?:our|my)\s+(?:new\s+|recent\s+|latest\s+)?(?:paper|work|team|lab|group|study|research|article|manuscript"
+    r"|approach|method|findings|results|contributions?|project|publication|audience|readers)\b"
+    r"|(?i)\bwe\s+(?:propose|present|introduce|developed|have\s+developed|are\s+(?:thrilled|excited|delighted|proud"
+    r"|pleased|happy|honou?red))\b"
+    r"|(?i)\b(?:thrilled|excited|delighted|proud|happy|honou?red|pleased)\s+to\s+(?:announce|share|present|introduce"
+    r"|publish|unveil)\b"
+    r"|(?i)\b(?:announce|announcing)\b"
+    r"|(?i)\bwe\s+(?:examine|explore|investigate|study|show|demonstrate)\b"
+    r"|(?i)\A\W*dear\b|(?i)\bintroduce\s+you\b"
+)
+# The text is about a review, a reviewer or feedback, not about the paper.
+_META = (
+    r"(?i)\b(?:this|the|your|my|a|our|his|her|their)\s+(?:own\s+)?(?:peer[- ]?)?(?:review|reviewer|feedback"
+    r"|critique|evaluation\s+of\s+the\s+review)s?\b"
+    r"|(?i)\bpeer[- ]?review"
+    r"|(?i)\breviewers?\b"
+    # the assistant talking to the user instead of writing the review
+    r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
+    r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
+)
+# Words that place a machine-learning paper in another field (unless the title itself is from that field).
+_OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clinical", "laser", "physics", "chemistry",
+              "genome", "genetics", "astronomy", "geology", "economics", "psychology", "sociology", "agriculture",
+              "pharmaceutical", "surgery", "ecology", "neuroscience", "education", "teaching", "screening",
+              "journal")
+# A text about a paper says so: one of these words, or a content word of the title.
+_PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|results?|experiments?|model|models"
+                r"|contributions?|manuscript|submission|analysis|proposed|technique|framework|dataset|benchmarks?"
+                r"|algorithm|evaluation|baselines?|ablations?|theory|proofs?|claims?)\b")
+_STOP = frozenset("""a an the of for and or to in on with by from at as is are be this that these those it its into
+over under via using towards toward through your you we our i my not no can how what when why which do does new
+""".split())
+_COPY_N = 4  # a shared word 4-gram (2+ content words) with the few-shot examples counts as a copied phrase
+_COPY_CONTENT = 2
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> set[str]:
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def instruction_words(templates: Templates) -> dict[str, list[str]]:
+    """Per polarity, the words of its generation instruction that the stored dataset prompt does not contain.
+
+    The instruction is the line of the generation prompt that holds the title; a completion that uses one of its
+    words ("harsh", "enthusiastic") has read the hidden instruction back, which the dataset prompt cannot explain.
+    """
+    sentinel = "\x00prefsynth\x00"
+    dataset_words = set(_words(templates.dataset(sentinel)))
+    out = {}
+    for pol in POLARITIES:
+        lines = [ln for ln in templates.generation(sentinel, pol).splitlines() if sentinel in ln]
+        words = {w for ln in lines for w in _words(ln.replace(sentinel, " "))}
+        out[pol] = sorted(w for w in words - dataset_words - _STOP if len(w) > 2 and not w.isdigit())
+    return out
+
+
+def example_phrases(templates: Templates) -> list[str]:
+    """Word 4-grams of the few-shot text in every prompt (everything but the instruction line), minus n-grams of
+    stop words only: a review that contains one copied a phrase of an example."""
+    sentinel = "\x00prefsynth\x00"
+    texts = [templates.generation(sentinel, p) for p in POLARITIES] + [templates.dataset(sentinel)]
+    grams: set[str] = set()
+    for text in texts:
+        body = " ".join(ln for ln in text.splitlines() if sentinel not in ln)
+        grams |= _ngrams(_words(body), _COPY_N)
+    return sorted(g for g in grams if sum(w not in _STOP for w in g.split()) >= _COPY_CONTENT)
+
+
+_FRAMING = r"(?:peer[- ]?)?(?:review|critique|tone|style|feedback|manner|way|perspective)"
+
+
+def _echoes(text: pl.Expr, words: list[str]) -> pl.Expr:
+    """The instruction read back: one of its words framing the text ("a harsh review", "critical tone", "with
+    enthusiasm"), or two of them together ("warm, enthusiastic"). A word alone is too common in real reviews ("a
+    critical flaw") to count. Words match by their first six letters (enthusiastic ~ enthusiasm)."""
+    if not words:
+        return pl.lit(False)
+    stems = sorted({re.escape(w[:6]) for w in words})
+    word = r"(?:" + "|".join(stems) + r")\w*"
+    framing = rf"(?i)\b{word}(?:[\s,]+(?:and\s+)?\w+){{0,2}}[\s,]+{_FRAMING}s?\b|(?i)\bwith\s+{word}\b"
+    framing += rf"|(?i)\b{_FRAMING}\s+(?:is|was|sounds)\s+(?:\w+\s+)?{word}"
+    pair = rf"(?i)\b{word}[\s,]+(?:and\s+)?{word}"
+    return text.str.contains(framing) | text.str.contains(pair)
+
+
+def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review", title: str = "title",
+                   polarity: str = "polarity") -> pl.DataFrame:
+    """`df` plus `invalid_<reason>` booleans for each of REASONS and `invalid` (any of them).
+
+    Needs columns `review` (the cleaned text), `title` and `polarity` (which instruction generated it; a text of
+    unknown polarity is checked against every instruction's words)."""
+    text = pl.col(review)
+    lower_title = pl.col(title).str.to_lowercase()
+    instr = instruction_words(templates)
+    echo = pl.lit(False)
+    for pol, words in instr.items():
+        hit = _echoes(text, words)
+        if polarity in df.columns:
+            hit = hit & ((pl.col(polarity) == pol) | ~pl.col(polarity).is_in(list(POLARITIES)))
+        echo = echo | hit
+    # Copied phrases: a literal 5-gram of the examples inside the review's normalised words.
+    norm = " " + pl.col(review).str.to_lowercase().str.replace_all(r"[^\w]+", " ") + " "
+    phrases = example_phrases(templates)
+    copies = norm.str.contains_any([f" {p} " for p in phrases]) if phrases else pl.lit(False)
+    # Another paper: a quoted name of four or more words that shares under half its words with the title, or a
+    # field far from machine learning that the title does not mention.
+    quoted = pl.col(review).str.extract_all(r'"([^"]{12,200})"')
+    off_field = pl.lit(False)
+    for w in _OFF_FIELD:
+        off_field = off_field | (text.str.to_lowercase().str.contains(rf"\b{w}\b") & ~lower_title.str.contains(w, literal=True))
+    out = df.with_columns(
+        text.str.contains(_AUTHOR).alias("invalid_author_voice"),
+        # "the peer review process" is how a reviewer may talk about the paper's venue: not talk about a review
+        text.str.replace_all(r"(?i)\bpeer[- ]?review\s+process", " ").str.contains(_META).alias("invalid_meta_talk"),
+        echo.alias("invalid_instruction_echo"),
+        copies.alias("invalid_copies_examples"),
+        quoted.alias("_quoted"),
+        off_field.alias("_off_field"),
+    )
+    out = out.with_columns(
+        (pl.col("_off_field") | _other_title(out, review, title)).alias("invalid_wrong_paper"),
+        (~text.str.contains(_PAPER_WORDS) & ~_shares_title_word(out, review, title)).alias("invalid_not_about_paper"),
+    ).drop("_quoted", "_off_field")
+    cols = [f"invalid_{r}" for r in REASONS]
+    return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
+
+
+def _row_words(col: pl.Expr, min_len: int = 1) -> pl.Expr:
+    """Per row, its lower-case words (as a list), stop words and words shorter than `min_len` left out."""
+    return (col.fill_null("").str.to_lowercase().str.extract_all(r"\w+")
+            .list.eval(pl.element().filter(~pl.element().is_in(list(_STOP)) & (pl.element().str.len_chars() >= min_len))))
+
+
+def _other_title(df: pl.DataFrame, review: str, title: str) -> pl.Series:
+    """True where a quoted string of 4+ words shares under half of its content words with the title."""
+    rows = df.select(pl.int_range(pl.len()).alias("_r"), _row_words(pl.col(title)).alias("_tw"),
+                     pl.col("_quoted"))
+    quotes = (rows.explode("_quoted").drop_nulls("_quoted")
+              .with_columns(pl.col("_quoted").str.extract_all(r"\w+").list.len().alias("_n"),
+                            _row_words(pl.col("_quoted")).alias("_qw"))
+              .filter((pl.col("_n") >= 4) & (pl.col("_qw").list.len() > 0))
+              # distinct content words of the quote that the title has, over all its distinct content words
+              .with_columns((pl.col("_qw").list.set_intersection(pl.col("_tw")).list.len()
+                             / pl.col("_qw").list.unique().list.len()).alias("_share")))
+    hit = quotes.filter(pl.col("_share") < 0.5).get_column("_r").unique()
+    return rows.select(pl.col("_r").is_in(hit.implode())).to_series().rename("_other")
+
+
+def _shares_title_word(df: pl.DataFrame, review: str, title: str) -> pl.Series:
+    """True where the review uses at least one content word (4+ letters, not a stop word) of the title."""
+    return df.select(_row_words(pl.col(title), 4).list.set_intersection(_row_words(pl.col(review), 4))
+                     .list.len() > 0).to_series()

@@ -1,0 +1,61 @@
+"""validity: each reason fires on the failure it names and stays quiet on a plain review of the paper."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from prefsynth.prompts import PromptConfig, Templates
+from prefsynth.validity import REASONS, instruction_words, validity_flags
+
+TITLE = "Sparse Attention for Long Documents"
+GOOD = ("The paper proposes a sparse attention pattern for long documents, but the experiments use a single "
+        "dataset and the gains over the dense baseline are within noise. The ablations do not isolate the pattern.")
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return Templates(PromptConfig())
+
+
+def _flags(templates, text: str, polarity: str = "negative", title: str = TITLE) -> dict[str, bool]:
+    df = pl.DataFrame({"title": [title], "polarity": [polarity], "review": [text]})
+    row = validity_flags(df, templates).row(0, named=True)
+    return {r: row[f"invalid_{r}"] for r in REASONS} | {"invalid": row["invalid"]}
+
+
+def test_a_plain_review_of_the_paper_is_valid(templates):
+    assert not any(_flags(templates, GOOD).values())
+    assert not _flags(templates, "A clear paper: the sparse attention idea is simple and the long-document results "
+                                 "are strong. I would accept it.", "positive")["invalid"]
+
+
+@pytest.mark.parametrize("reason, text", [
+    ("author_voice", "I'm thrilled to announce that our team has published a paper on sparse attention."),
+    ("author_voice", "In this paper, we examine sparse attention for long documents and show large gains."),
+    ("meta_talk", "This review highlights the exceptional quality of the research paper and its results."),
+    ("meta_talk", "Sure, I'd be happy to help. The paper on sparse attention is a strong contribution."),
+    ("instruction_echo", "Here is a harsh, critical take: the sparse attention paper has weak experiments."),
+    ("copies_examples", "The central claim rests on two small datasets, and the attention results are weak."),
+    ("wrong_paper", 'The paper "Deep Residual Learning for Image Recognition" is a weak study of attention.'),
+    ("wrong_paper", "The paper makes a weak contribution to evolutionary biology and clinical practice."),
+    ("not_about_paper", "Achieved! What a wonderful day it has been for everyone involved."),
+])
+def test_each_reason_fires_on_its_failure(templates, reason, text):
+    flags = _flags(templates, text)
+    assert flags[reason] and flags["invalid"], flags
+
+
+def test_instruction_words_are_what_the_dataset_prompt_lacks(templates):
+    words = instruction_words(templates)
+    dataset = templates.dataset("X").lower()
+    for pol, ws in words.items():
+        assert ws, pol  # the shipped prompts steer with words the stored prompt does not have
+        assert all(w not in dataset.split() for w in ws)
+    # an instruction word used as content ("a critical flaw") is not an echo of the instruction
+    assert not _flags(templates, "The paper has a critical flaw: the sparse attention results use one seed.")[
+        "instruction_echo"]
+
+
+def test_quoting_the_title_itself_is_not_another_paper(templates):
+    assert not _flags(templates, f'The paper "{TITLE}" has weak experiments and unclear ablations.')["wrong_paper"]
