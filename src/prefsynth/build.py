@@ -133,6 +133,12 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
             .alias("consistent"),
         )
         clean = pairs.filter(~pl.col("_drop"))
+        # How often the judge finds each side of the clean pairs in its labelled polarity: with the judge's
+        # measured accuracy this estimates the noise left in the kept rows (prefsynth.quality).
+        c_ok = (sign * (clean.get_column("judge_negative") - 0.5) > 0).sum()
+        r_ok = (sign * (0.5 - clean.get_column("judge_negative_r")) > 0).sum()
+        stats["judged_sides"] = {"chosen_ok": int(c_ok), "chosen_total": clean.height, "rejected_ok": int(r_ok),
+                                 "rejected_total": clean.height}
         stats["noise_rate_before"] = _rate(pairs, "consistent")
         stats["noise_rate_after_filters"] = _rate(clean, "consistent")
         if cfg.inconsistent == "drop":

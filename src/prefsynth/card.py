@@ -79,12 +79,16 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
             lines += ["", "| filter | pairs hit |", "|---|---|",
                       *[f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())]]
         if "noise_rate_before" in s:
-            lines += ["", "Label noise (share of pairs where the judge finds the rejected review at least as "
-                      f"{p.get('chosen', 'negative')} as the chosen one): "
-                      f"**{s['noise_rate_before']:.1%}** before filtering, "
+            lines += ["", "Pairs the polarity judge finds inconsistent (a side not judged its labelled polarity): "
+                      f"{s['noise_rate_before']:.1%} before filtering, "
                       f"{s['noise_rate_after_filters']:.1%} after the text filters, "
-                      f"**{s['noise_rate_after']:.1%}** in the published rows. "
+                      f"{s['noise_rate_after']:.1%} in the published rows. That is the judge's view, not the truth: "
+                      "the lines below say how right the judge was measured to be and what follows for the rows. "
                       f"LLM and lexicon judges agree on {s['judge_agreement']:.1%} of reviews."]
+        if s.get("quality"):
+            from prefsynth.quality import describe
+
+            lines += [""] + [f"- {line}" for line in describe(s["quality"])]
         lines.append("")
     pngs = sorted(p.name for p in folder.glob("*.png"))
     for png in pngs:

@@ -115,27 +115,57 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_eval(args: argparse.Namespace) -> int:
-    """Accuracy of each polarity judge on the bundled evaluation set (reviews with known labels)."""
+    """Accuracy of each polarity judge, with 95% intervals, on every evaluation set (prefsynth.judge_eval)."""
+    from prefsynth import judge_eval
     from prefsynth.config import parse_into
     from prefsynth.engines import get_backend
     from prefsynth.generate import GenerateConfig
-    from prefsynth.judge import EVAL_SET, JudgeConfig, evaluate, load_eval_set
+    from prefsynth.judge import JudgeConfig
     from prefsynth.model import resolve_model
+    from prefsynth.polarity_head import HEAD_FILE, PolarityHead
     from prefsynth.prompts import PromptConfig, Templates
 
-    gen = GenerateConfig(model=args.model, backend=args.backend)
-    rows = load_eval_set(Path(args.set or EVAL_SET))
-    backend = get_backend(resolve_model(gen.model), gen) if args.backend != "none" else None
-    report = evaluate(rows, backend, Templates(PromptConfig()), parse_into(JudgeConfig, args))
-    kinds = sorted(next(iter(report["by_kind"].values())))
-    print(f"judge accuracy on {report['n']} reviews ({report['negative']} negative), model {gen.model}; "
-          f"undecided scores (exactly 0.5) count as half right")
-    print(f"{'judge':10} {'all':>6} " + " ".join(f"{k:>9}" for k in kinds) + f" {'undecided':>9}")
-    for name, a in report["accuracy"].items():
-        print(f"{name:10} {a:6.3f} " + " ".join(f"{report['by_kind'][name][k]:9.3f}" for k in kinds)
-              + f" {report['undecided'][name]:9d}")
+    cfg = parse_into(JudgeConfig, args)
+    gen = GenerateConfig(model=args.model, backend=args.backend if args.backend != "none" else "auto")
+    model = resolve_model(gen.model)
+    templates = Templates(PromptConfig())
+    backend = get_backend(model, gen) if args.backend != "none" else None
+    if args.train:
+        head = judge_eval.train_head(backend, templates, cfg, model.fingerprint)
+        head.save()
+        print(f"head trained on {head.trained['set']} (n={head.trained['n']}), l2={head.trained['l2']}, "
+              f"5-fold accuracy there {head.trained['cv_accuracy'][str(head.trained['l2'])]:.3f}; "
+              f"saved to {HEAD_FILE.relative_to(HEAD_FILE.parents[2])}")
+    head = PolarityHead.load()
+    if head is not None and not head.fits(model.fingerprint, templates.hash_for("judge")):
+        print("the trained head does not fit this model or judge template: it is left out (--train fits one)")
+        head = None
+    sets = dict(judge_eval.EVAL_SETS)
+    for spec in args.set or []:
+        name, _, path = spec.partition("=")
+        sets[name] = Path(path)
+    report = judge_eval.evaluate(backend, templates, cfg, head, sets)
+    print(f"polarity judge accuracy [95% interval], model {gen.model}; a score of exactly 0.5 counts as half right")
+    for line in judge_eval.table(report, "real-dev" if head is not None else None):
+        print(line)
+    if args.write and backend is not None:
+        judge_eval.write_measured(report, head, model.fingerprint, templates.hash_for("judge"))
+        print(f"written to {judge_eval.MEASURED.relative_to(judge_eval.MEASURED.parents[2])}")
     if args.json:
         print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_validity_eval(args: argparse.Namespace) -> int:
+    """Precision and recall of the validity rules on hand-labelled generated reviews (prefsynth.validity_eval)."""
+    from prefsynth import validity_eval
+    from prefsynth.prompts import PromptConfig, Templates
+
+    report = validity_eval.evaluate(validity_eval.load_labels(Path(args.labels)), Templates(PromptConfig()))
+    for line in validity_eval.lines(report):
+        print(line)
+    if args.write:
+        validity_eval.write(report)
     return 0
 
 
@@ -213,17 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "publish", "upload a dataset folder to the Hugging Face Hub in one commit",
                       PublishConfig, cmd_publish)
     p.add_argument("--out", dest="out_dir", required=True, help="dataset folder written by `prefsynth build`")
-    p = _stage_parser(sub, "judge-eval", "accuracy of each polarity judge on reviews with known labels",
+    p = _stage_parser(sub, "judge-eval", "accuracy of each polarity judge, with 95%% intervals, on real reviews "
+                      "(dev and test parts), short written reviews and hand-labelled generated ones",
                       None, cmd_judge_eval)
     p.add_argument("--model", default="bundled", help="model for the LLM judge (default: the bundled model)")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "auto", "none"],
+    p.add_argument("--backend", default="auto", choices=["transformers", "vllm", "auto", "none"],
                    help="none: lexicon only")
-    p.add_argument("--set", default=None, help="a jsonl of {review, label, kind} (default: tests/data/judge_eval.jsonl)")
+    p.add_argument("--set", action="append", metavar="NAME=PATH",
+                   help="another jsonl of {review, label} to report on (repeatable)")
+    p.add_argument("--train", action="store_true", help="first train the polarity head on the real-review dev part")
+    p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
+                   help="write the figures to data/judge/measured.json, which builds quote (default: true)")
     p.add_argument("--json", action="store_true", help="also print the full report as JSON")
     from prefsynth.config import add_arguments
     from prefsynth.judge import JudgeConfig
 
     add_arguments(p, JudgeConfig)
+    p = _stage_parser(sub, "validity-eval", "precision and recall of the validity rules on hand-labelled "
+                      "generated reviews", None, cmd_validity_eval)
+    p.add_argument("--labels", default="tests/data/validity_labels.jsonl", help="the labelled reviews (jsonl)")
+    p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
+                   help="write the figures to data/judge/validity.json, which builds quote (default: true)")
     from prefsynth.generate import GenerateConfig
 
     p = _stage_parser(sub, "engine", "run a vLLM server holding the model; builds use it with --engine URL",

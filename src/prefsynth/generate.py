@@ -37,7 +37,7 @@ class GenerateConfig:
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
-    opening: str = opt("", "words the reply starts with, written into the assistant turn before the model continues "
+    opening: str = opt("The paper", "words the reply starts with, written into the assistant turn before the model continues "
                            "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text")
     candidates: int = opt(1, "reviews sampled per (title, polarity), each cached under its own key and seed; the "
                              "build keeps the best valid one", alias="candidates")
@@ -123,8 +123,10 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         backend = get_backend(model, cfg)
         dtype = backend.dtype
         t_engine = time.time() - t1
-        requests = [Request(k, backend.chat(templates.generation(*wanted[k][:2])) + cfg.opening, request_seed(k))
-                    for k in todo]
+        # The configured system message wins over prompts/system.j2; judge prompts carry neither of the two.
+        system = cfg.system_prompt if cfg.system_prompt is not None else templates.system()
+        requests = [Request(k, backend.chat(templates.generation(*wanted[k][:2]), system) + cfg.opening,
+                            request_seed(k)) for k in todo]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(requests), desc=f"generating ({backend.name})", unit="review", dynamic_ncols=True,

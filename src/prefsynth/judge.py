@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 
 from prefsynth import faults
@@ -28,6 +30,7 @@ from prefsynth.constants import ROOT
 from prefsynth.engines import Backend, get_backend
 from prefsynth.generate import Generations, cache_root
 from prefsynth.model import ModelRef
+from prefsynth.polarity_head import PolarityHead, answer_token_ids
 from prefsynth.prompts import Templates
 
 if TYPE_CHECKING:
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 NEGATIVE_WORDS = ("negative", "Negative", "NEGATIVE")
 POSITIVE_WORDS = ("positive", "Positive", "POSITIVE")
 
-JUDGE_SCHEMA: dict[str, pl.DataType] = {"gen_key": pl.Utf8, "judge_llm": pl.Float64, "judge_lexicon": pl.Float64}
+JUDGE_SCHEMA: dict[str, pl.DataType] = {"gen_key": pl.Utf8, "judge_llm": pl.Float64, "judge_lexicon": pl.Float64,
+                                         "judge_head": pl.Float64}
 
 
 @dataclass
@@ -47,6 +51,10 @@ class JudgeConfig:
     lexicon: bool = opt(True, "use the VADER lexicon judge")
     llm_weight: float = opt(0.5, "weight of the LLM judge in the combined score (lexicon gets the rest)")
     calibrate: bool = opt(True, "remove the LLM judge's label prior, measured on content-free reviews")
+    head: bool = opt(True, "score with the polarity head trained on real reviews (data/judge/polarity_head.json) "
+                           "when it was trained for this model and judge template; else LLM + lexicon")
+    max_words: int = opt(160, "a longer review is judged on an excerpt of this many words: its opening, the "
+                              "sentences with verdict words, and its end")
 
 
 @dataclass(frozen=True)
@@ -152,14 +160,18 @@ REVIEW_LEXICON = {
 _VADER = None
 
 
-def lexicon_scores(reviews: list[str]) -> list[float]:
+def _vader():
     global _VADER
     if _VADER is None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         _VADER = SentimentIntensityAnalyzer()
         _VADER.lexicon.update(REVIEW_LEXICON)
-    return [(1.0 - _VADER.polarity_scores(r)["compound"]) / 2.0 for r in reviews]
+    return _VADER
+
+
+def lexicon_scores(reviews: list[str]) -> list[float]:
+    return [(1.0 - _vader().polarity_scores(r)["compound"]) / 2.0 for r in reviews]
 
 
 def combined_score(llm, lex, llm_weight: float):
@@ -174,12 +186,88 @@ def combine(llm: pl.Expr, lex: pl.Expr, cfg: JudgeConfig) -> pl.Expr:
     return llm if cfg.llm else lex
 
 
+_VERDICT_CUES = re.compile(
+    r"(?i)\b(?:overall|in summary|to summari[sz]e|in conclusion|recommend\w*|accept\w*|reject\w*|rating|score"
+    r"|borderline|contributions?|novel\w*|limited|marginal\w*|incremental|well[- ]written|clearly written"
+    r"|interesting|convinc\w*|significan\w*|strong|weak\w*|publication|i think|i believe|i like|enjoyed"
+    r"|concerns?)\b")
+
+
+def excerpt(review: str, max_words: int) -> str:
+    """What the judge reads of a long review: its first sentence, the last sentences that carry verdict words, and
+    its last two sentences, at most `max_words` words (a real review runs to 500+; its verdict is rarely in the
+    middle of the method discussion). Reviews within the limit are read whole."""
+    if len(review.split()) <= max_words:
+        return review
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", review) if x.strip()]
+    if len(sentences) <= 3:
+        words = review.split()
+        return " ".join(words[: max_words // 3] + ["..."] + words[-(max_words - max_words // 3):])
+    cues = [x for x in sentences[1:-2] if _VERDICT_CUES.search(x)][-5:]
+    words = " ".join([sentences[0], *cues, *sentences[-2:]]).split()
+    if len(words) > max_words:
+        words = words[: max_words // 3] + ["..."] + words[-(max_words - max_words // 3):]
+    return " ".join(words)
+
+
+def lexicon_features(reviews: list[str]) -> list[tuple[float, float, float]]:
+    """VADER's negative, positive and compound scores (with the review vocabulary above) per review."""
+    vader = _vader()
+    out = []
+    for r in reviews:
+        s = vader.polarity_scores(r)
+        out.append((s["neg"], s["pos"], s["compound"]))
+    return out
+
+
+def active_head(model: ModelRef, templates: Templates, cfg: JudgeConfig) -> PolarityHead | None:
+    """The trained head, when it is on and was trained for this model and judge template."""
+    if not (cfg.head and cfg.llm and cfg.lexicon):
+        return None
+    head = PolarityHead.load()
+    return head if head is not None and head.fits(model.fingerprint, templates.hash_for("judge")) else None
+
+
+def score_reviews(backend, templates: Templates, reviews: list[str], cfg: JudgeConfig,
+                  head: PolarityHead | None) -> Iterator[tuple[int, float, float, float, list[float]]]:
+    """(index, LLM P(negative), lexicon negativity, head P(negative) or nan, log-probabilities of the answer
+    words) per review, streamed as the engine finishes them. One forward pass per review serves both LLM judges:
+    the label words and the head's answer words are read at the same answer position."""
+    texts = [excerpt(r, cfg.max_words) for r in reviews]
+    lexf = lexicon_features(texts)
+    lex = [(1.0 - c) / 2.0 for _, _, c in lexf]
+    if backend is None or not cfg.llm:
+        for i in range(len(texts)):
+            yield i, float("nan"), lex[i] if cfg.lexicon else float("nan"), float("nan"), []
+        return
+    neg, pos = label_token_ids(backend.tokenizer)
+    answer = head.token_ids if head else answer_token_ids(backend.tokenizer)
+    extra = [t for t in answer if t not in neg + pos]
+    ids = neg + pos + extra
+    where = {t: k for k, t in enumerate(ids)}
+    bias = 0.0
+    if cfg.calibrate and neg and pos:
+        probes = [backend.chat(templates.judge(r)) for r in CONTENT_FREE]
+        bias = sum(_log_odds(lps, len(neg)) for _, lps in backend.label_logprobs(probes, ids)) / len(probes)
+    prompts = [backend.chat(templates.judge(t)) for t in texts]
+    for i, lps in backend.label_logprobs(prompts, ids):
+        llm = 1.0 / (1.0 + math.exp(-(_log_odds(lps, len(neg)) - bias))) if neg and pos else 0.5
+        h = float("nan")
+        answer_lps = [lps[where[t]] for t in answer]
+        if head is not None:
+            h = float(head.predict(np.array([answer_lps]), np.array([lexf[i]]))[0])
+        yield i, llm, lex[i] if cfg.lexicon else float("nan"), h, answer_lps
+
+
 def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: JudgeSetup) -> Judged:
     t0 = time.time()
-    fingerprint = make_key(model=gens.model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
-                           lexicon=cfg.lexicon,
-                           words=[NEGATIVE_WORDS, POSITIVE_WORDS], system=setup.system_prompt,
-                           calibrate=[cfg.calibrate, CONTENT_FREE])
+    head = active_head(gens.model, templates, cfg)
+    parts: dict[str, object] = dict(model=gens.model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
+                                    lexicon=cfg.lexicon, words=[NEGATIVE_WORDS, POSITIVE_WORDS],
+                                    system=setup.system_prompt, calibrate=[cfg.calibrate, CONTENT_FREE])
+    if head is not None:  # judgements made without a head keep their keys
+        parts.update(head=head.fingerprint, max_words=cfg.max_words)
+    fingerprint = make_key(**parts)
     store = Store(setup.cache, "judgements", JUDGE_SCHEMA)
     store.sweep()
     keys = gens.rows.get_column("key").to_list()
@@ -188,35 +276,31 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
     have = store.load(set(jkeys))
     have_keys = set(have.get_column("key").to_list())
     todo = [i for i, jk in enumerate(jkeys) if jk not in have_keys]
-    stats: dict[str, float] = {"reviews": len(keys), "judged": len(todo), "reused": len(keys) - len(todo)}
+    stats: dict[str, object] = {"reviews": len(keys), "judged": len(todo), "reused": len(keys) - len(todo),
+                                "judge": f"head {head.fingerprint}" if head else
+                                ("llm+lexicon" if cfg.llm and cfg.lexicon else "llm" if cfg.llm else "lexicon")}
     t_llm = 0.0
     if todo:
-        reviews = [texts[i] for i in todo]
-        lex = lexicon_scores(reviews) if cfg.lexicon else [float("nan")] * len(todo)
-
-        def row(j: int, llm: float) -> dict:
-            i = todo[j]
-            return {"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm, "judge_lexicon": lex[j]}
-
+        t1 = time.time()
+        backend = setup.engine() if cfg.llm else None
         with store.journal(setup.fsync_seconds) as journal:
-            if cfg.llm:
-                t1 = time.time()
-                backend = setup.engine()
-                for j, p in llm_scores_iter(backend, templates, reviews, cfg.calibrate):
-                    faults.point("judge.scored")
-                    journal.add(row(j, p))
-                t_llm = time.time() - t1
-            else:
-                for j in range(len(todo)):
-                    journal.add(row(j, float("nan")))
+            for j, llm, lex, h, _ in score_reviews(backend, templates, [texts[i] for i in todo], cfg, head):
+                faults.point("judge.scored")
+                i = todo[j]
+                journal.add({"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm, "judge_lexicon": lex,
+                             "judge_head": h})
+        t_llm = time.time() - t1
         have = store.load(set(jkeys))
-    scores = (have.select("gen_key", "judge_llm", "judge_lexicon").rename({"gen_key": "key"})
-              .with_columns(combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg).alias("judge_negative")))
+    scores = have.select("gen_key", "judge_llm", "judge_lexicon", "judge_head").rename({"gen_key": "key"})
+    negative = pl.col("judge_head") if head is not None else combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg)
+    scores = scores.with_columns(negative.alias("judge_negative"))
+    if head is None:
+        scores = scores.drop("judge_head")
     stats.update(llm_seconds=round(t_llm, 2), seconds=round(time.time() - t0, 2))
     return Judged(scores, stats)
 
 
-EVAL_SET = ROOT / "tests" / "data" / "judge_eval.jsonl"
+EVAL_SET = ROOT / "data" / "judge" / "synthetic_eval.jsonl"  # short reviews written for prefsynth
 
 
 def evaluate(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) -> dict:

@@ -66,9 +66,13 @@ class Summary:
         out.append(f"  pairs: {b.get('pairs_generated')} generated, {b.get('pairs_kept')} kept"
                    + (f"; dropped by filter: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
                       if any(self.dropped.values()) else ""))
+        if b.get("quality"):
+            from prefsynth.quality import describe
+
+            out += [f"  {line}" for line in describe(b["quality"])]
         if "noise_rate_before" in b:
-            out.append(f"  label noise: {b['noise_rate_before']:.1%} before filtering -> "
-                       f"{b['noise_rate_after']:.1%} kept (judges agree on {b['judge_agreement']:.1%})")
+            out.append(f"  judged inconsistent: {b['noise_rate_before']:.1%} of pairs before filtering -> "
+                       f"{b['noise_rate_after']:.1%} kept (LLM and lexicon agree on {b['judge_agreement']:.1%})")
         out.append(f"  reviews: {g.get('generated', 0):.0f} generated, {g.get('reused', 0):.0f} from cache; "
                    f"{g.get('completion_tokens', 0):.0f} tokens at {g.get('tokens_per_second', 0):.1f} tok/s")
         for p in self.published:
@@ -148,6 +152,8 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
         from prefsynth.plots import judge_histogram
 
         plots["judge_scores.png"] = judge_histogram(gens.rows, judged.scores, cfg.build.chosen)
+    if judged is not None:
+        built.stats["quality"] = quality_figures(cfg, templates, gens, judged, built.stats)
     prov = provenance(cfg, titles, templates, gens)
     written = step(_write, "write")(built, cfg, prov, splits, plots)
     published = []
@@ -158,6 +164,22 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
         stats["judge"] = judged.stats
     return Summary(str(written.out), written.changed, written.version, built.stats["rows"],
                    built.stats["dropped"], stats, published, round(time.time() - t0, 2), peak_rss_gib())
+
+
+def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations, judged: Judged,
+                    stats: dict) -> dict:
+    """Which judge labelled the rows, its measured accuracy, and the noise and validity it implies (quality.py)."""
+    from prefsynth import quality
+    from prefsynth.validity import rules_version
+
+    judge = str(judged.stats.get("judge", ""))
+    head = judge.split(" ", 1)[1] if judge.startswith("head ") else None
+    acc = quality.judge_accuracy(judge, gens.model.fingerprint, templates.hash_for("judge"), head)
+    q = {"judge": judge, "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
+         "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
+    if cfg.build.invalid != "keep":
+        q["validity"] = quality.validity_estimate(rules_version(templates))
+    return q
 
 
 def peak_rss_gib() -> float:

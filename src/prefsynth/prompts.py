@@ -114,6 +114,15 @@ class Templates:
     def generation(self, title: str, polarity: str) -> str:
         return self.render(polarity, title=title)
 
+    def system(self) -> str | None:
+        """The system message for generation (`system.j2`, optional; no variables), or None without one."""
+        if "system.j2" not in self._files:
+            return None
+        try:
+            return self.env.get_template("system.j2").render().strip() or None
+        except jinja2.TemplateError as e:
+            raise UserError(f"prompt template system.j2 failed to render: {e}") from None
+
     def dataset(self, title: str) -> str:
         return self.render("dataset", title=title)
 

@@ -36,6 +36,7 @@ _AUTHOR = (
 _META = (
     r"(?i)\b(?:this|the|your|my|a|our|his|her|their)\s+(?:own\s+)?(?:peer[- ]?)?(?:review|reviewer|feedback"
     r"|critique|evaluation\s+of\s+the\s+review)s?\b"
+    r"|(?i)'s\s+(?:peer[- ]?)?review\b"
     r"|(?i)\bpeer[- ]?review"
     r"|(?i)\breviewers?\b"
     # the assistant talking to the user instead of writing the review
@@ -53,6 +54,7 @@ _PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|res
                 r"|algorithm|evaluation|baselines?|ablations?|theory|proofs?|claims?)\b")
 _STOP = frozenset("""a an the of for and or to in on with by from at as is are be this that these those it its into
 over under via using towards toward through your you we our i my not no can how what when why which do does new
+same about
 """.split())
 _COPY_N = 4  # a shared word 4-gram (2+ content words) with the few-shot examples counts as a copied phrase
 _COPY_CONTENT = 2
@@ -178,3 +180,12 @@ def _shares_title_word(df: pl.DataFrame, review: str, title: str) -> pl.Series:
     """True where the review uses at least one content word (4+ letters, not a stop word) of the title."""
     return df.select(_row_words(pl.col(title), 4).list.set_intersection(_row_words(pl.col(review), 4))
                      .list.len() > 0).to_series()
+
+
+def rules_version(templates: Templates) -> str:
+    """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
+    import hashlib
+
+    blob = "\0".join([_AUTHOR, _META, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N),
+                      str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -67,11 +67,13 @@ class Backend(ABC):
     @abstractmethod
     def tokenizer(self): ...
 
-    def chat(self, text: str) -> str:
-        """Wrap a user message in the model's chat template."""
+    def chat(self, text: str, system: str | None = None) -> str:
+        """Wrap a user message in the model's chat template, after `system` (default: the configured system
+        message) when there is one."""
         messages = [{"role": "user", "content": text}]
-        if self.cfg.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
+        system = system if system is not None else self.cfg.system_prompt
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return plain_chat(messages)

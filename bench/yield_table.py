@@ -1,0 +1,98 @@
+"""Yield at the source: kept pairs, valid pairs and generation cost at 1, 2 and 4 candidates per review.
+
+One engine run generates 4 candidates per (title, polarity) (candidate k is cached under its own key and seed, so
+the n=1 and n=2 builds are exactly what those settings would generate); the build then keeps the best clean
+candidate per review. For each n it prints: titles that yield a pair, the generated tokens and estimated seconds
+(this run's throughput), and, for the kept pairs whose two reviews were labelled by reading them
+(tests/data/validity_labels.jsonl, matched by text), the share that are valid reviews of the right polarity.
+
+    .venv/bin/python bench/yield_table.py --n 60                      # make bench-yield
+    .venv/bin/python bench/yield_table.py --n 60 --dump /tmp/tolabel.jsonl   # texts to label, no labels shown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=60, help="titles")
+    p.add_argument("--titles", default=str(ROOT / "data" / "titles.txt"))
+    p.add_argument("--seed", type=int, default=7, help="which titles are sampled")
+    p.add_argument("--candidates", default="1,2,4")
+    p.add_argument("--labels", default=str(ROOT / "tests" / "data" / "validity_labels.jsonl"))
+    p.add_argument("--dump", default=None, help="write every kept review and all candidates of the first --dump-all "
+                                                 "titles to this jsonl, for labelling")
+    p.add_argument("--dump-all", type=int, default=25)
+    a = p.parse_args()
+
+    import polars as pl
+
+    from prefsynth.build import BuildConfig, build
+    from prefsynth.cli import quiet_libraries
+    from prefsynth.collect import CollectConfig, collect
+    from prefsynth.engines import close_backends
+    from prefsynth.generate import GenerateConfig, generate
+    from prefsynth.judge import JudgeConfig, JudgeSetup, judge
+    from prefsynth.noise import wilson
+    from prefsynth.prompts import PromptConfig, Templates
+
+    quiet_libraries()
+    ns = [int(x) for x in a.candidates.split(",")]
+    gen_cfg = GenerateConfig(candidates=max(ns))
+    templates = Templates(PromptConfig())
+    titles = collect(CollectConfig(source=a.titles, n=a.n, seed=a.seed)).titles
+    gens = generate(titles, templates, gen_cfg)
+    judged = judge(gens, templates, JudgeConfig(), JudgeSetup.of(gens.model, gen_cfg))
+    close_backends()
+    rows = gens.rows
+    tok_per_s = gens.stats.get("tokens_per_second") or float("nan")
+    labels = {}
+    if Path(a.labels).exists():
+        for line in Path(a.labels).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                labels[(r["title"], r["review"])] = r
+    cfg = BuildConfig(validation_fraction=0.0)
+    print(f"{len(titles)} titles, candidates generated at {tok_per_s:.0f} tok/s; judge: {judged.stats.get('judge')}")
+    print(f"{'n':>2} {'pairs kept':>11} {'titles w/ pair':>15} {'gen tokens':>11} {'est. gen s':>11} "
+          f"{'labelled pairs':>15} {'valid+polarised':>26}")
+    dump: dict[tuple[str, str], dict] = {}
+    for n in ns:
+        sub = rows.filter(pl.col("candidate") < n)
+        out = build(sub, titles, templates, cfg, judged.scores)
+        kept = out.frames["paired"]["train"]
+        tokens = int(sub.get_column("completion_tokens").sum())
+        good = labelled = 0
+        for r in kept.iter_rows(named=True):
+            c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
+            for text, pol in ((c, "negative"), (j, "positive")):
+                dump[(r["title"], text)] = {"title": r["title"], "polarity": pol, "review": text}
+            lc, lj = labels.get((r["title"], c)), labels.get((r["title"], j))
+            if lc and lj:
+                labelled += 1
+                good += bool(lc["valid"] and lj["valid"] and lc["label"] == "negative" and lj["label"] == "positive")
+        lo, hi = wilson(good, labelled)
+        share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
+        print(f"{n:>2} {kept.height:>11} {kept.height / len(titles):>15.0%} {tokens:>11} {tokens / tok_per_s:>11.0f} "
+              f"{labelled:>15} {share:>26}")
+    if a.dump:
+        from prefsynth.filters import clean_review
+
+        first = set(sorted(titles)[: a.dump_all])
+        extra = rows.filter(pl.col("title").is_in(list(first))).with_columns(clean_review(pl.col("text")).alias("r"))
+        for r in extra.iter_rows(named=True):
+            dump.setdefault((r["title"], r["r"]), {"title": r["title"], "polarity": r["polarity"], "review": r["r"]})
+        Path(a.dump).write_text("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in dump.values()))
+        print(f"{len(dump)} reviews to label written to {a.dump}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

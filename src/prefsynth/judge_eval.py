@@ -1,0 +1,154 @@
+"""How right are the polarity judges? Accuracy with 95% intervals on reviews whose polarity is known; training the
+head on the real-review dev part.
+
+Sets (`EVAL_SETS`): `real-test` (real reviews, labelled by the reviewer's recommendation; reported, never tuned
+on), `real-dev` (the head is trained on it: its figure there is not a measurement), `synthetic` (short reviews
+written for prefsynth, with sarcastic and mixed ones) and `generated` (reviews this pipeline generated, labelled by
+reading them; tests/data/validity_labels.jsonl). `prefsynth judge-eval` prints the table and writes
+`data/judge/measured.json`, which the build reads to say in the card how far its noise figures can be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prefsynth.constants import ROOT
+from prefsynth.errors import UserError
+from prefsynth.fsutil import atomic_write_text
+from prefsynth.judge import JudgeConfig, combined_score, excerpt, lexicon_features, score_reviews
+from prefsynth.noise import wilson
+from prefsynth.polarity_head import PolarityHead, answer_token_ids, cross_validated_accuracy
+from prefsynth.prompts import Templates
+
+EVAL_SETS = {
+    "real-test": ROOT / "data" / "real_reviews" / "test.jsonl",
+    "real-dev": ROOT / "data" / "real_reviews" / "dev.jsonl",
+    "synthetic": ROOT / "data" / "judge" / "synthetic_eval.jsonl",
+    "generated": ROOT / "tests" / "data" / "validity_labels.jsonl",
+}
+MEASURED = ROOT / "data" / "judge" / "measured.json"
+L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+
+
+def load_set(path: Path) -> list[dict]:
+    """Rows with `review` and `label` (negative/positive); rows of other labels (mixed, neutral) are skipped."""
+    if not Path(path).exists():
+        return []
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r.get("label") in ("negative", "positive")]
+
+
+@dataclass
+class Scores:
+    llm: list[float]
+    lexicon: list[float]
+    head: list[float]
+    logprobs: np.ndarray  # the head's answer-token log-probabilities (rows: reviews)
+    lexf: np.ndarray  # VADER features
+
+
+def score_set(backend, templates: Templates, reviews: list[str], cfg: JudgeConfig,
+              head: PolarityHead | None) -> Scores:
+    """Every judge's score, plus the raw head features, for a list of reviews (one engine pass)."""
+    n = len(reviews)
+    llm, lex, hd = [float("nan")] * n, [float("nan")] * n, [float("nan")] * n
+    rows: list[list[float]] = [[] for _ in range(n)]
+    for i, a, b, c, lps in score_reviews(backend, templates, reviews, cfg, head):
+        llm[i], lex[i], hd[i], rows[i] = a, b, c, lps
+    logprobs = np.array(rows, dtype=np.float64) if backend is not None else np.zeros((n, 0))
+    lexf = np.array(lexicon_features([excerpt(r, cfg.max_words) for r in reviews])).reshape(n, 3)
+    return Scores(llm, lex, hd, logprobs, lexf)
+
+
+def accuracy(scores: list[float], negative: list[bool]) -> dict:
+    """Accuracy with its 95% Wilson interval; a score of exactly 0.5 (undecided) counts as half right. Also the
+    sensitivity and specificity for 'negative', which the noise estimate needs."""
+    pairs = [(s, t) for s, t in zip(scores, negative) if s == s]  # nan: this judge did not run
+    if not pairs:
+        return {}
+    right = sum(0.5 if s == 0.5 else float((s > 0.5) == t) for s, t in pairs)
+    n = len(pairs)
+    neg = [s for s, t in pairs if t]
+    pos = [s for s, t in pairs if not t]
+    lo, hi = wilson(right, n)
+    return {"accuracy": round(right / n, 4), "low": round(lo, 4), "high": round(hi, 4), "n": n,
+            "sensitivity": round(sum(s > 0.5 for s in neg) / len(neg), 4) if neg else None,
+            "sensitivity_n": len(neg),
+            "specificity": round(sum(s < 0.5 for s in pos) / len(pos), 4) if pos else None,
+            "specificity_n": len(pos)}
+
+
+def evaluate(backend, templates: Templates, cfg: JudgeConfig, head: PolarityHead | None,
+             sets: dict[str, Path] = EVAL_SETS) -> dict:
+    report: dict = {"sets": {}, "judges": {}}
+    for name, path in sets.items():
+        rows = load_set(path)
+        if not rows:
+            continue
+        truth = [r["label"] == "negative" for r in rows]
+        s = score_set(backend, templates, [r["review"] for r in rows], cfg, head)
+        judges = {"lexicon": s.lexicon}
+        if backend is not None:
+            judges["llm"] = s.llm
+            judges["combined"] = [combined_score(a, b, cfg.llm_weight) for a, b in zip(s.llm, s.lexicon)]
+            if head is not None:
+                judges["head"] = s.head
+        report["sets"][name] = {"n": len(rows), "negative": sum(truth), "path": str(Path(path).relative_to(ROOT))}
+        for judge, vals in judges.items():
+            report["judges"].setdefault(judge, {})[name] = accuracy(vals, truth)
+    return report
+
+
+def table(report: dict, trained_on: str | None) -> list[str]:
+    sets = list(report["sets"])
+    head = f"{'judge':9}" + "".join(f" {s + ' (n=' + str(report['sets'][s]['n']) + ')':>26}" for s in sets)
+    lines = [head]
+    for judge, by_set in report["judges"].items():
+        cells = []
+        for s in sets:
+            a = by_set.get(s)
+            mark = "*" if judge == "head" and s == trained_on else " "
+            cells.append(f" {a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}]{mark}".rjust(26) if a else
+                         " " * 26)
+        lines.append(f"{judge:9}" + "".join(cells))
+    if trained_on:
+        lines.append(f"* trained on {trained_on}: not a measurement")
+    return lines
+
+
+def train_head(backend, templates: Templates, cfg: JudgeConfig, model_fingerprint: str,
+               path: Path = EVAL_SETS["real-dev"]) -> PolarityHead:
+    """Fit the head on the real-review dev part; the L2 strength by 5-fold cross-validation on it."""
+    rows = load_set(path)
+    if not rows:
+        raise UserError(f"no training reviews in {path}")
+    if backend is None:
+        raise UserError("training the head needs the LLM judge's engine (not --backend none)")
+    s = score_set(backend, templates, [r["review"] for r in rows], cfg, None)
+    y = np.array([r["label"] == "negative" for r in rows])
+    order = np.array(random.Random(0).sample(range(len(rows)), len(rows)))
+    cv = {l2: cross_validated_accuracy(s.logprobs[order], s.lexf[order], y[order], l2) for l2 in L2_GRID}
+    best = max(L2_GRID, key=lambda l2: (round(cv[l2], 4), l2))  # ties: the stronger regulariser
+    return PolarityHead.train(
+        s.logprobs, s.lexf, y, answer_token_ids(backend.tokenizer), model_fingerprint, templates.hash_for("judge"),
+        best, {"set": str(Path(path).relative_to(ROOT)), "n": len(rows), "l2": best,
+               "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "max_words": cfg.max_words})
+
+
+def write_measured(report: dict, head: PolarityHead | None, model_fingerprint: str, template_hash: str) -> None:
+    data = {"model_fingerprint": model_fingerprint, "template_hash": template_hash,
+            "head": head.fingerprint if head else None, "sets": report["sets"], "judges": report["judges"]}
+    MEASURED.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(MEASURED, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_measured() -> dict:
+    try:
+        return json.loads(MEASURED.read_text())
+    except (OSError, ValueError):
+        return {}

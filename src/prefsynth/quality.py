@@ -1,0 +1,90 @@
+"""The quality figures a build prints and writes into its card: which judge labelled the data, how right that
+judge was measured to be, and what that means for the kept rows (noise and validity, with 95% intervals).
+
+Measured figures come from files that `make judge-eval` (polarity judges) and `make validity-eval` (validity rules)
+write under data/judge/; a build whose judge or rules differ from the measured ones says "not measured" instead of
+borrowing a number that is not its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefsynth.constants import ROOT
+from prefsynth.noise import Accuracy, Estimate, kept_precision, pair_noise, wilson
+
+VALIDITY_MEASURED = ROOT / "data" / "judge" / "validity.json"
+# Which measured set stands for the build's own reviews: hand-labelled generated reviews first, real reviews second.
+PREFERRED_SETS = ("generated", "real-test")
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def judge_accuracy(judge: str, model_fingerprint: str, template_hash: str, head: str | None) -> dict:
+    """The measured accuracy of the judge that labelled a build, per set; {} when none was measured for it."""
+    from prefsynth.judge_eval import MEASURED
+
+    m = _read(MEASURED)
+    if m.get("model_fingerprint") != model_fingerprint or m.get("template_hash") != template_hash:
+        return {}
+    name = "head" if judge.startswith("head") else "combined" if judge == "llm+lexicon" else judge
+    if name == "head" and m.get("head") != head:
+        return {}
+    return {"judge": name, **(m.get("judges", {}).get(name) or {})}
+
+
+def noise_estimate(stats: dict, accuracy: dict, chosen: str) -> dict:
+    """Estimated share of kept pairs whose chosen or rejected review is not of its labelled polarity."""
+    for name in PREFERRED_SETS:
+        a = accuracy.get(name)
+        if a and a.get("sensitivity") is not None and a.get("specificity") is not None:
+            break
+    else:
+        return {}
+    neg = Accuracy(a["sensitivity"], a["sensitivity_n"], a["specificity"], a["specificity_n"])
+    pos = Accuracy(a["specificity"], a["specificity_n"], a["sensitivity"], a["sensitivity_n"])  # 'positive' as X
+    c_acc, r_acc = (neg, pos) if chosen == "negative" else (pos, neg)
+    sides = stats.get("judged_sides") or {}
+    if not sides.get("chosen_total") or not sides.get("rejected_total"):
+        return {}
+    c = kept_precision(sides["chosen_ok"], sides["chosen_total"], c_acc)
+    r = kept_precision(sides["rejected_ok"], sides["rejected_total"], r_acc)
+    return {"pair_noise": pair_noise(c, r).as_dict(), "chosen_correct": c.as_dict(),
+            "rejected_correct": r.as_dict(), "measured_on": name}
+
+
+def validity_estimate(rules_version: str) -> dict:
+    """Share of rule-passed reviews that a reader found valid, from the labelled sample, when the rules match."""
+    v = _read(VALIDITY_MEASURED)
+    if v.get("rules_version") != rules_version or not v.get("rule_valid"):
+        return {}
+    lo, hi = wilson(v["rule_valid_truly_valid"], v["rule_valid"])
+    return {"value": round(v["rule_valid_truly_valid"] / v["rule_valid"], 4), "low": round(lo, 4),
+            "high": round(hi, 4), "n": v["rule_valid"], "labelled": v.get("labelled")}
+
+
+def describe(q: dict) -> list[str]:
+    """Plain lines for the run summary and the card."""
+    lines = []
+    acc = q.get("judge_accuracy") or {}
+    judge = q.get("judge", "?")
+    shown = [f"{s} {a['accuracy']:.1%} [{a['low']:.1%}, {a['high']:.1%}] (n={a['n']})"
+             for s, a in acc.items() if isinstance(a, dict) and "accuracy" in a and s != "real-dev"]
+    lines.append(f"polarity judge: {judge}; measured accuracy: " + ("; ".join(shown) if shown else "not measured "
+                 "for this model and judge (run make judge-eval)"))
+    n = q.get("noise") or {}
+    if n:
+        p = n["pair_noise"]
+        lines.append(f"label noise in kept pairs (estimated from the judge's accuracy on {n['measured_on']}): "
+                     f"{Estimate(p['value'], p['low'], p['high'])}")
+    v = q.get("validity") or {}
+    if v:
+        lines.append(f"valid reviews among those the validity rules keep (hand-labelled sample, n={v['n']}): "
+                     f"{Estimate(v['value'], v['low'], v['high'])}")
+    return lines

@@ -1,0 +1,73 @@
+"""How right are the validity rules? Precision and recall against generated reviews labelled by reading them.
+
+`tests/data/validity_labels.jsonl` holds one generated review per line: `title`, `polarity` (the instruction that
+generated it), `review` (as the build cleans it), and a reader's verdict: `valid` (a review of this paper in its
+reviewer's voice), `label` (its tone: negative, positive, mixed, neutral) and `reasons` (what is wrong with it,
+in the rules' vocabulary plus `incoherent` and `other`). `make validity-eval` prints each rule's precision and
+recall and writes data/judge/validity.json, which builds quote for the share of valid reviews among those kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from prefsynth.constants import ROOT
+from prefsynth.fsutil import atomic_write_text
+from prefsynth.noise import wilson
+from prefsynth.prompts import Templates
+from prefsynth.quality import VALIDITY_MEASURED
+from prefsynth.validity import REASONS, rules_version, validity_flags
+
+LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
+
+
+def load_labels(path: Path = LABELS) -> pl.DataFrame:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pl.DataFrame(rows, schema_overrides={"reasons": pl.List(pl.Utf8)})
+
+
+def _pr(pred: pl.Series, gold: pl.Series) -> dict:
+    tp = int((pred & gold).sum())
+    fp = int((pred & ~gold).sum())
+    fn = int((~pred & gold).sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": round(tp / (tp + fp), 3) if tp + fp else None,
+            "recall": round(tp / (tp + fn), 3) if tp + fn else None}
+
+
+def evaluate(labels: pl.DataFrame, templates: Templates) -> dict:
+    f = validity_flags(labels, templates)
+    invalid_truth = ~f.get_column("valid")
+    report = {"labelled": f.height, "truly_invalid": int(invalid_truth.sum()),
+              "overall": _pr(f.get_column("invalid"), invalid_truth), "reasons": {}}
+    for r in REASONS:
+        gold = f.get_column("reasons").list.contains(r)
+        report["reasons"][r] = _pr(f.get_column(f"invalid_{r}"), gold) | {"labelled": int(gold.sum())}
+    passed = f.filter(~pl.col("invalid"))
+    report["rule_valid"] = passed.height
+    report["rule_valid_truly_valid"] = int(passed.get_column("valid").sum())
+    report["rules_version"] = rules_version(templates)
+    return report
+
+
+def lines(report: dict) -> list[str]:
+    o = report["overall"]
+    k, n = report["rule_valid_truly_valid"], report["rule_valid"]
+    lo, hi = wilson(k, n)
+    out = [f"validity rules on {report['labelled']} hand-labelled generated reviews "
+           f"({report['truly_invalid']} not valid by reading):",
+           f"  any rule:       precision {o['precision']}, recall {o['recall']} (tp {o['tp']}, fp {o['fp']}, "
+           f"fn {o['fn']})",
+           f"  kept by the rules and valid by reading: {k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}]" if n else
+           "  the rules keep none of them"]
+    for r, m in report["reasons"].items():
+        out.append(f"  {r:17} precision {m['precision']}, recall {m['recall']} "
+                   f"(labelled {m['labelled']}, flagged {m['tp'] + m['fp']})")
+    return out
+
+
+def write(report: dict) -> None:
+    VALIDITY_MEASURED.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(VALIDITY_MEASURED, json.dumps(report, indent=1, sort_keys=True) + "\n")
