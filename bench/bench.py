@@ -302,7 +302,10 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
                "model_seconds": model_time, "overhead_share": 1 - model_time / full["wall"],
                "peak_rss_gib": max(full["peak_rss_gib"], more["peak_rss_gib"]),
                "refresh_generated": more["stats"]["generate"]["generated"],
-               "full_tok_s": s["generate"].get("tokens_per_second", 0)}
+               "full_tok_s": s["generate"].get("tokens_per_second", 0),
+               # all judging: the polarity judge's stage time (every round) plus the validity rules in the build
+               "judging_seconds": s.get("judge", {}).get("seconds", 0) + s["build"].get("validity_seconds", 0)}
+        out["judging_share"] = out["judging_seconds"] / full["wall"]
         if engine:
             out["engine_rss_gib"] = max(full["engine_rss_gib"], more["engine_rss_gib"])
         return out
@@ -406,7 +409,8 @@ def main() -> int:
                     if mode == "engine" else ""
                 print(f"  {label:30} full {m['full_wall']:5.0f} s (model {m['model_seconds']:.0f} s, overhead "
                       f"{m['overhead_share']:.1%}); refresh {m['refresh_wall']:4.0f} s = {m['refresh_ratio']:.1%} "
-                      f"of the full build; peak RSS {m['peak_rss_gib']:.2f} GiB{extra}")
+                      f"of the full build; judging {m['judging_seconds']:.0f} s = {m['judging_share']:.1%} of the "
+                      f"full build; peak RSS {m['peak_rss_gib']:.2f} GiB{extra}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     plot(res, RESULTS / "bench.png")

@@ -17,6 +17,7 @@ def templates():
 
 
 def _cfg(tiny_model, tmp_path, **kw) -> GenerateConfig:
+    kw.setdefault("candidates", 1)  # one review per (title, polarity); candidates: tests/test_rounds.py
     return GenerateConfig(model=str(tiny_model), backend="transformers", max_tokens=12,
                           cache_dir=tmp_path / "cache", **kw)
 

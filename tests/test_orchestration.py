@@ -23,7 +23,7 @@ import yaml
 
 from prefsynth import orchestrate
 from prefsynth.errors import UserError
-from tiny_model import LOOSE_FILTERS
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = ROOT / ".venv" / "bin" / "prefect"
@@ -37,7 +37,8 @@ def tiny_config(model: Path, out: Path, cache: Path, **collect) -> dict:
     filters are relaxed: the tiny model writes noise, and these tests are about orchestration, not filtering."""
     return {
         "collect": {"n": 12, **collect},
-        "generate": {"model": str(model), "backend": "transformers", "max_tokens": 16, "cache_dir": str(cache)},
+        "generate": {**ONE_CANDIDATE, "model": str(model), "backend": "transformers", "max_tokens": 16,
+                     "cache_dir": str(cache)},
         "build": {"out": str(out), "formats": "paired", **LOOSE_FILTERS},
     }
 

@@ -15,7 +15,7 @@ import pytest
 
 from prefsynth.pipeline import PipelineConfig, run
 from prefsynth.config import from_dict
-from tiny_model import LOOSE_FILTERS
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def tiny_cfg(tiny_model, tmp_path, out="out", n=12, formats="paired", **build) -
     """A fast config: tiny random model through transformers; its noise output passes only loose filters."""
     return from_dict(PipelineConfig, {
         "collect": {"n": n},
-        "generate": {"model": str(tiny_model), "backend": "transformers", "max_tokens": 16,
+        "generate": {**ONE_CANDIDATE, "model": str(tiny_model), "backend": "transformers", "max_tokens": 16,
                      "cache_dir": str(tmp_path / "cache")},
         "judge": {"llm": True},
         "build": {"out": str(tmp_path / out), "formats": formats, **LOOSE_FILTERS, **build},

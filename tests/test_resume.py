@@ -22,7 +22,7 @@ from prefsynth.config import from_dict
 from prefsynth.generate import GEN_SCHEMA
 from prefsynth.judge import JUDGE_SCHEMA
 from prefsynth.pipeline import PipelineConfig, run
-from tiny_model import LOOSE_ARGS, LOOSE_FILTERS
+from tiny_model import LOOSE_ARGS, LOOSE_FILTERS, ONE_CANDIDATE
 
 N = 12  # titles -> 24 reviews, 24 judgements
 
@@ -33,7 +33,8 @@ ARGS = ["--n", str(N), "--generate.backend", "transformers", "--generate.max_tok
 def cfg_for(tiny_model, cache: Path, out: Path) -> PipelineConfig:
     return from_dict(PipelineConfig, {
         "collect": {"n": N},
-        "generate": {"model": str(tiny_model), "backend": "transformers", "max_tokens": 12, "cache_dir": str(cache)},
+        "generate": {**ONE_CANDIDATE, "model": str(tiny_model), "backend": "transformers", "max_tokens": 12,
+                     "cache_dir": str(cache)},
         "build": {"out": str(out), "formats": "both", **LOOSE_FILTERS},
     })
 

@@ -19,7 +19,7 @@ import pytest
 
 from prefsynth.errors import UserError
 from prefsynth.train import EvalSettings, TrainConfig, train
-from tiny_model import LOOSE_FILTERS
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
 
 TITLES = Path(__file__).resolve().parents[1] / "data" / "titles.txt"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +37,7 @@ def built(tiny_model: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-data")
     cfg = PipelineConfig(
         collect=CollectConfig(source=str(TITLES), n=24),
-        generate=GenerateConfig(model=str(tiny_model), backend="transformers", max_tokens=24,
+        generate=GenerateConfig(**ONE_CANDIDATE, model=str(tiny_model), backend="transformers", max_tokens=24,
                                 cache_dir=root / "cache"),
         # The tiny model's noise fails most quality filters; keep every pair so there is data to train on.
         build=BuildConfig(out=root / "ds", formats="both", validation_fraction=0.25, **LOOSE_FILTERS),

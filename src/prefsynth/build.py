@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -88,13 +89,9 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     the manifest; without it every title is new (a fresh output folder)."""
     if splits is None:
         splits = assign_splits(titles, cfg)
-    flagged = flag_generations(gens, templates, cfg)
-    if cfg.invalid != "keep":
-        flagged = validity_flags(flagged, templates)
-        if cfg.invalid == "drop":  # each reason becomes a filter, counted like the others
-            flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in REASONS)
-            flagged = flagged.with_columns(pl.any_horizontal(c for c in flagged.columns if c.startswith("bad_"))
-                                           .alias("bad"))
+    t0 = time.perf_counter()
+    flagged = flag_all(gens, templates, cfg)
+    flag_seconds = time.perf_counter() - t0
     if judged is not None and judged.height:
         flagged = flagged.join(judged, on="key", how="left")
     flagged, candidate_stats = best_candidates(flagged)
@@ -118,7 +115,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     pairs = (prompts.join(ch, on="title", how="inner")
              .join(rj, on="title", how="inner", suffix="_r")
              .join(split_df, on="title", how="left"))
-    stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height, **candidate_stats}
+    stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height, **candidate_stats,
+                                "validity_seconds": round(flag_seconds, 3)}
     drops: dict[str, int] = {}
     for c in [c for c in flagged.columns if c.startswith("bad_")]:
         drops[c[4:]] = int((pairs.get_column(c) | pairs.get_column(f"{c}_r")).sum())
@@ -184,6 +182,18 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     values = list(splits.values())
     stats["split_titles"] = {s: values.count(s) for s in SPLITS}
     return Built(frames, stats)
+
+
+def flag_all(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
+    """Every filter's flag (`bad_*`, `bad`): the text filters, then the validity rules (as filters when dropped)."""
+    flagged = flag_generations(gens, templates, cfg)
+    if cfg.invalid != "keep":
+        flagged = validity_flags(flagged, templates)
+        if cfg.invalid == "drop":  # each reason becomes a filter, counted like the others
+            flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in REASONS)
+            flagged = flagged.with_columns(pl.any_horizontal(c for c in flagged.columns if c.startswith("bad_"))
+                                           .alias("bad"))
+    return flagged
 
 
 def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:

@@ -75,6 +75,11 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
                   f"| packages | {', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()))} |", ""]
         lines += [f"Pairs generated: {s.get('pairs_generated')}, kept: {s.get('pairs_kept')}, dropped: "
                   f"{s.get('pairs_dropped')}."]
+        if s.get("candidates"):
+            lines += ["", f"Each review is the best of up to {s['candidates']} candidates (a further candidate is "
+                      "sampled only when the earlier ones failed a filter or the judge): "
+                      f"{s.get('candidates_generated')} generated for {s.get('reviews_wanted')} reviews, "
+                      f"{s.get('reviews_with_a_clean_candidate')} of which got one that passed every filter."]
         if s.get("dropped"):
             lines += ["", "| filter | pairs hit |", "|---|---|",
                       *[f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())]]

@@ -39,8 +39,9 @@ class GenerateConfig:
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
     opening: str = opt("The paper", "words the reply starts with, written into the assistant turn before the model continues "
                            "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text")
-    candidates: int = opt(1, "reviews sampled per (title, polarity), each cached under its own key and seed; the "
-                             "build keeps the best valid one", alias="candidates")
+    candidates: int = opt(4, "at most this many reviews sampled per (title, polarity), each under its own cache key "
+                             "and seed; candidate k is sampled only where candidates 0..k-1 all failed a filter or "
+                             "the judge, and the build keeps the best", alias="candidates")
     cache_dir: Path | None = opt(None, "generation cache (default: $PREFSYNTH_HOME/cache)", alias="cache")
     fsync_seconds: float = opt(1.0, "finished reviews reach the cache journal at once; fsync at most this often")
     # vLLM engine settings; on GPUs these pass straight through to vllm.LLM
@@ -102,16 +103,21 @@ def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, t
 
 
 def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
-             progress: Callable[[int, int], None] | None = None) -> Generations:
-    """Ensure a cached review exists for every (title, polarity); generate only the missing ones."""
+             progress: Callable[[int, int], None] | None = None, candidate: int | None = None,
+             need: set[tuple[str, str]] | None = None) -> Generations:
+    """Ensure a cached review exists for every (title, polarity) and candidate; generate only the missing ones.
+
+    `candidate` restricts the run to one candidate index and `need` to some (title, polarity) reviews: the
+    pipeline generates candidate k only for the reviews that no earlier candidate got right (prefsynth.rounds)."""
     t0 = time.time()
     model = resolve_model(cfg.model)
     store = Store(cache_root(cfg), "generations", GEN_SCHEMA)
     store.sweep()
     if cfg.candidates < 1:
         raise UserError(f"generate.candidates must be at least 1, got {cfg.candidates}")
+    indices = range(cfg.candidates) if candidate is None else [candidate]
     wanted = {generation_key(model, templates, cfg, t, p, c): (t, p, c)
-              for t in titles for p in POLARITIES for c in range(cfg.candidates)}
+              for t in titles for p in POLARITIES for c in indices if need is None or (t, p) in need}
     have = store.load(set(wanted))
     todo = [k for k in wanted if k not in set(have.get_column("key").to_list())]
     stats: dict[str, float] = {"requested": len(wanted), "reused": len(wanted) - len(todo), "generated": 0,

@@ -2,7 +2,7 @@
 head on the real-review dev part.
 
 Sets (`EVAL_SETS`): `real-test` (real reviews, labelled by the reviewer's recommendation; reported, never tuned
-on), `real-dev` (the head is trained on it: its figure there is not a measurement), `synthetic` (short reviews
+on; the head is trained on the dev part, `TRAIN_SET`), `synthetic` (short reviews
 written for prefsynth, with sarcastic and mixed ones) and `generated` (reviews this pipeline generated, labelled by
 reading them; tests/data/validity_labels.jsonl). `prefsynth judge-eval` prints the table and writes
 `data/judge/measured.json`, which the build reads to say in the card how far its noise figures can be trusted.
@@ -27,10 +27,10 @@ from prefsynth.prompts import Templates
 
 EVAL_SETS = {
     "real-test": ROOT / "data" / "real_reviews" / "test.jsonl",
-    "real-dev": ROOT / "data" / "real_reviews" / "dev.jsonl",
     "synthetic": ROOT / "data" / "judge" / "synthetic_eval.jsonl",
     "generated": ROOT / "tests" / "data" / "validity_labels.jsonl",
 }
+TRAIN_SET = ROOT / "data" / "real_reviews" / "dev.jsonl"  # the head's training data; `--set real-dev=...` reports it
 MEASURED = ROOT / "data" / "judge" / "measured.json"
 L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
@@ -116,13 +116,13 @@ def table(report: dict, trained_on: str | None) -> list[str]:
             cells.append(f" {a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}]{mark}".rjust(26) if a else
                          " " * 26)
         lines.append(f"{judge:9}" + "".join(cells))
-    if trained_on:
+    if trained_on in sets:
         lines.append(f"* trained on {trained_on}: not a measurement")
     return lines
 
 
 def train_head(backend, templates: Templates, cfg: JudgeConfig, model_fingerprint: str,
-               path: Path = EVAL_SETS["real-dev"]) -> PolarityHead:
+               path: Path = TRAIN_SET) -> PolarityHead:
     """Fit the head on the real-review dev part; the L2 strength by 5-fold cross-validation on it."""
     rows = load_set(path)
     if not rows:

@@ -108,15 +108,15 @@ _SUMMED = ("requested", "reused", "generated", "completion_tokens", "prompt_toke
 
 
 def generate_in_shards(titles: list[str], templates, cfg, *, shards: int,
-                       run_shard: Callable[[int, int, list[str]], Any]):
+                       run_shard: Callable[..., Any], **kw: Any):
     """Generate `titles` as several runs (`run_shard(i, n, part)` generates one part into the cache), then read
     the whole set back from the generation cache: the cache, not the shards, is what the build uses, so a sharded
     build gives exactly the rows an unsharded one would. Stats are the shards' own, summed."""
     from prefsynth.generate import generate
 
     parts = shard(titles, shards)
-    results = [run_shard(i, len(parts), part) for i, part in enumerate(parts)]
-    merged = generate(titles, templates, cfg)  # every review is cached by now: a read, not a generation
+    results = [run_shard(i, len(parts), part, **kw) for i, part in enumerate(parts)]
+    merged = generate(titles, templates, cfg, **kw)  # every review is cached by now: a read, not a generation
     if merged.stats.get("generated"):
         logging.getLogger("prefsynth.orchestrate").warning(
             "%d reviews were missing after the shards ran and were generated in the merge",

@@ -22,10 +22,11 @@ from prefsynth.collect import CollectConfig, Titles, collect
 from prefsynth.config import opt, to_dict
 from prefsynth.errors import UserError
 from prefsynth.fsutil import FileLock, check_writable_dir
-from prefsynth.generate import GenerateConfig, Generations, cache_root, generate
-from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
+from prefsynth.generate import GenerateConfig, Generations, cache_root
+from prefsynth.judge import JudgeConfig, Judged
 from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.publish import PublishConfig, publish
+from prefsynth.rounds import generate_judged
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
@@ -141,9 +142,7 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
     # One build per cache at a time: two runs would otherwise generate the same missing reviews twice.
     with FileLock(cache_root(cfg.generate) / ".lock", timeout=cfg.build.lock_timeout,
                   what=f"generation cache {cache_root(cfg.generate)}"):
-        gens = step(generate, "generate")(titles.titles, templates, cfg.generate)
-        judged: Judged | None = step(judge, "judge")(
-            gens, templates, cfg.judge, JudgeSetup.of(gens.model, cfg.generate)) if cfg.judge.enabled else None
+        gens, judged = generate_judged(titles.titles, templates, cfg.generate, cfg.judge, cfg.build, step)
     splits = build_mod.assign_splits(titles.titles, cfg.build, build_mod.read_previous_splits(out))
     built = step(build_mod.build, "build")(gens.rows, titles.titles, templates, cfg.build,
                                            judged.scores if judged else None, splits)

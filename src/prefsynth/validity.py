@@ -18,7 +18,8 @@ import polars as pl
 
 from prefsynth.prompts import POLARITIES, Templates
 
-REASONS = ("author_voice", "meta_talk", "instruction_echo", "copies_examples", "wrong_paper", "not_about_paper")
+REASONS = ("author_voice", "meta_talk", "instruction_echo", "copies_examples", "wrong_paper", "not_about_paper",
+           "repeats_itself")
 
 # The writer presents the work as its own, or announces it.
 _AUTHOR = (
@@ -42,12 +43,16 @@ _META = (
     # the assistant talking to the user instead of writing the review
     r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
     r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
+    # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
+    r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing)\b"
+    r"|(?i)\b(?:you'?ve|you'?re|you'?d|you\s+have|you\s+are)\b"
+    r"|(?i)\byour\s+(?:work|paper|topic|approach|research|project|code|writing|article|manuscript)\b"
 )
 # Words that place a machine-learning paper in another field (unless the title itself is from that field).
 _OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clinical", "laser", "physics", "chemistry",
               "genome", "genetics", "astronomy", "geology", "economics", "psychology", "sociology", "agriculture",
               "pharmaceutical", "surgery", "ecology", "neuroscience", "education", "teaching", "screening",
-              "journal")
+              "journal", "health", "disease", "diseases", "crop", "crops", "brain", "storytelling", "urban")
 # A text about a paper says so: one of these words, or a content word of the title.
 _PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|results?|experiments?|model|models"
                 r"|contributions?|manuscript|submission|analysis|proposed|technique|framework|dataset|benchmarks?"
@@ -150,9 +155,20 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
     out = out.with_columns(
         (pl.col("_off_field") | _other_title(out, review, title)).alias("invalid_wrong_paper"),
         (~text.str.contains(_PAPER_WORDS) & ~_shares_title_word(out, review, title)).alias("invalid_not_about_paper"),
+        _repeats_sentence(text).alias("invalid_repeats_itself"),
     ).drop("_quoted", "_off_field")
     cols = [f"invalid_{r}" for r in REASONS]
     return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
+
+
+def _repeats_sentence(text: pl.Expr) -> pl.Expr:
+    """A sentence of five or more words that occurs twice: the small model's loop ("It is a very important topic.
+    ... It is a very important topic.")."""
+    sentences = (text.fill_null("").str.to_lowercase().str.replace_all(r"[^\w.!?]+", " ")
+                 .str.split_exact("\x00", 0).struct.field("field_0").str.extract_all(r"[^.!?]+"))
+    long = sentences.list.eval(pl.element().str.strip_chars()
+                               .filter(pl.element().str.strip_chars().str.count_matches(r"\w+") >= 5))
+    return long.list.len() > long.list.unique().list.len()
 
 
 def _row_words(col: pl.Expr, min_len: int = 1) -> pl.Expr:
@@ -186,6 +202,6 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N),
+    blob = "\0".join([_AUTHOR, _META, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N), "repeat5",
                       str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

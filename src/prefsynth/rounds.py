@@ -1,0 +1,89 @@
+"""Candidates where they are needed: generate and judge in rounds, one candidate index per round.
+
+Round k samples candidate k (its own cache key and seed) only for the (title, polarity) reviews that no earlier
+candidate got right: every filter passed (text filters and validity rules, as the build applies them) and, with the
+judge on, judged of its polarity. With n = 4 and a model that gets a review right half the time, this costs about
+1.9 reviews per review instead of 4, and the result is exactly what generating all 4 and keeping the best would
+give for the reviews that needed them. Each round is one generate and one judge stage run (Prefect tasks in a flow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+from prefsynth.build import BuildConfig, flag_all
+from prefsynth.generate import GenerateConfig, Generations, generate
+from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
+from prefsynth.prompts import POLARITIES, Templates
+
+Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
+
+
+def settled(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig) -> set[tuple[str, str]]:
+    """The (title, polarity) reviews that already have a candidate the build would keep."""
+    flagged = flag_all(gens.rows, templates, cfg)
+    ok = ~pl.col("bad")
+    if judged is not None and cfg.inconsistent == "drop":  # the judge's verdict matters only where it drops
+        flagged = flagged.join(judged.scores.select("key", "judge_negative"), on="key", how="left")
+        side = pl.when(pl.col("polarity") == "negative").then(pl.col("judge_negative") > 0.5) \
+            .otherwise(pl.col("judge_negative") < 0.5)
+        ok = ok & side.fill_null(False)
+    good = flagged.filter(ok).select("title", "polarity").unique()
+    return set(good.iter_rows())
+
+
+def _merge_stats(parts: list[dict]) -> dict:
+    out: dict[str, Any] = {}
+    for s in parts:
+        for k, v in s.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateConfig, judge_cfg: JudgeConfig,
+                    build_cfg: BuildConfig, step: Step) -> tuple[Generations, Judged | None]:
+    need = {(t, p) for t in titles for p in POLARITIES}
+    gens_parts: list[Generations] = []
+    judged_parts: list[Judged] = []
+    per_round = []
+    for k in range(gen_cfg.candidates):
+        g = step(generate, "generate")(titles, templates, gen_cfg, candidate=k, need=need)
+        gens_parts.append(g)
+        j = None
+        if judge_cfg.enabled:
+            j = step(judge, "judge")(g, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg))
+            judged_parts.append(j)
+        per_round.append(len(need))
+        if k + 1 == gen_cfg.candidates:
+            break
+        gens = _concat(gens_parts)
+        judged = _concat_judged(judged_parts) if judged_parts else None
+        need -= settled(gens, judged, templates, build_cfg)
+        if not need:
+            break
+    gens = _concat(gens_parts)
+    gens.stats["reviews_per_round"] = per_round
+    return gens, (_concat_judged(judged_parts) if judged_parts else None)
+
+
+def _concat(parts: list[Generations]) -> Generations:
+    if len(parts) == 1:
+        return parts[0]
+    rows = pl.concat([p.rows for p in parts], how="vertical_relaxed")
+    stats = _merge_stats([p.stats for p in parts])
+    secs = stats.get("generate_seconds") or 0
+    stats["tokens_per_second"] = round(stats.get("completion_tokens", 0) / secs, 1) if secs else 0.0
+    return Generations(rows, parts[0].model, stats, next((p.dtype for p in parts if p.dtype), None))
+
+
+def _concat_judged(parts: list[Judged]) -> Judged:
+    if len(parts) == 1:
+        return parts[0]
+    scores = pl.concat([p.scores for p in parts], how="vertical_relaxed")
+    return Judged(scores, _merge_stats([p.stats for p in parts]))
