@@ -45,11 +45,11 @@ def _steps(shards: int):
         if name != "generate" or shards == 1:  # shards < 1 is refused by orchestrate.shard
             return t
 
-        def generate_sharded(titles, templates, cfg):
-            def run_shard(i: int, n: int, part: list[str]):
-                return t.with_options(task_run_name=f"generate-shard-{i + 1}-of-{n}")(part, templates, cfg)
+        def generate_sharded(titles, templates, cfg, **kw):
+            def run_shard(i: int, n: int, part: list[str], **kw):
+                return t.with_options(task_run_name=f"generate-shard-{i + 1}-of-{n}")(part, templates, cfg, **kw)
 
-            return orchestrate.generate_in_shards(titles, templates, cfg, shards=shards, run_shard=run_shard)
+            return orchestrate.generate_in_shards(titles, templates, cfg, shards=shards, run_shard=run_shard, **kw)
 
         return generate_sharded
 
