@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench judge-eval judge-train validity-eval clean
+.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield judge-eval judge-train validity-eval clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
@@ -43,6 +43,7 @@ help:
 	@echo "make train-dpo         LoRA DPO adapter + evaluation (DATA=<dataset folder or repo> STEPS= OUT= MODEL= ARGS=)"
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
+	@echo "make bench-yield       pairs kept, valid pairs and cost at 1, 2 and 4 candidates per review"
 	@echo "make judge-eval        accuracy of each polarity judge on real and generated reviews (95% intervals)"
 	@echo "make judge-train       fit the polarity head on the real-review dev part, then judge-eval"
 	@echo "make validity-eval     precision/recall of the validity rules on hand-labelled generated reviews"
@@ -113,7 +114,11 @@ engine: install
 engine-stop:
 	scripts/engine.sh stop
 
-# Benchmark (README "Performance"): make bench N=64 [ARGS="--pipeline"]
+# Yield at the source (docs/quality.md): kept and valid pairs and generation cost at 1, 2 and 4 candidates
+bench-yield: install
+	$(PY) bench/yield_table.py $(if $(N),--n $(N)) $(ARGS)
+
+# Benchmark (docs/performance.md): make bench N=64 [ARGS="--pipeline"]
 bench: install
 	$(PY) bench/bench.py $(if $(N),--n $(N)) $(ARGS)
 

@@ -3,7 +3,8 @@
 One engine run generates 4 candidates per (title, polarity) (candidate k is cached under its own key and seed, so
 the n=1 and n=2 builds are exactly what those settings would generate); the build then keeps the best clean
 candidate per review. For each n it prints: titles that yield a pair, the generated tokens and estimated seconds
-(this run's throughput), and, for the kept pairs whose two reviews were labelled by reading them
+(this run's throughput; with the pipeline's rounds, candidate k only where earlier ones failed), and, for the kept
+pairs whose two reviews were labelled by reading them
 (tests/data/validity_labels.jsonl, matched by text), the share that are valid reviews of the right polarity.
 
     .venv/bin/python bench/yield_table.py --n 60                      # make bench-yield
@@ -60,15 +61,16 @@ def main() -> int:
                 r = json.loads(line)
                 labels[(r["title"], r["review"])] = r
     cfg = BuildConfig(validation_fraction=0.0)
-    print(f"{len(titles)} titles, candidates generated at {tok_per_s:.0f} tok/s; judge: {judged.stats.get('judge')}")
-    print(f"{'n':>2} {'pairs kept':>11} {'titles w/ pair':>15} {'gen tokens':>11} {'est. gen s':>11} "
-          f"{'labelled pairs':>15} {'valid+polarised':>26}")
+    lines = [f"{len(titles)} titles, candidates generated at {tok_per_s:.0f} tok/s; judge: {judged.stats.get('judge')}",
+             f"{'n':>2} {'pairs kept':>11} {'titles w/ pair':>15} {'gen tokens':>11} {'est. gen s':>11} "
+             f"{'labelled pairs':>15} {'valid+polarised':>26}"]
+    print("\n".join(lines))
     dump: dict[tuple[str, str], dict] = {}
     for n in ns:
         sub = rows.filter(pl.col("candidate") < n)
         out = build(sub, titles, templates, cfg, judged.scores)
         kept = out.frames["paired"]["train"]
-        tokens = int(sub.get_column("completion_tokens").sum())
+        tokens = _round_tokens(rows, judged, templates, cfg, gens, n)
         good = labelled = 0
         for r in kept.iter_rows(named=True):
             c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
@@ -80,8 +82,13 @@ def main() -> int:
                 good += bool(lc["valid"] and lj["valid"] and lc["label"] == "negative" and lj["label"] == "positive")
         lo, hi = wilson(good, labelled)
         share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
-        print(f"{n:>2} {kept.height:>11} {kept.height / len(titles):>15.0%} {tokens:>11} {tokens / tok_per_s:>11.0f} "
-              f"{labelled:>15} {share:>26}")
+        secs = f"{tokens / tok_per_s:.0f}" if tok_per_s == tok_per_s and tok_per_s else "-"  # "-": all from cache
+        lines.append(f"{n:>2} {kept.height:>11} {kept.height / len(titles):>15.0%} {tokens:>11} "
+                     f"{secs:>11} {labelled:>15} {share:>26}")
+        print(lines[-1])
+    out = ROOT / "bench" / "results" / "yield.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     if a.dump:
         from prefsynth.filters import clean_review
 
@@ -92,6 +99,28 @@ def main() -> int:
         Path(a.dump).write_text("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in dump.values()))
         print(f"{len(dump)} reviews to label written to {a.dump}")
     return 0
+
+
+def _round_tokens(rows, judged, templates, cfg, gens, n: int) -> int:
+    """Tokens the pipeline's rounds would generate at n candidates: candidate k only for unsettled reviews."""
+    import polars as pl
+
+    from prefsynth.generate import Generations
+    from prefsynth.judge import Judged
+    from prefsynth.rounds import settled
+
+    need = set(rows.select("title", "polarity").unique().iter_rows())
+    tokens = 0
+    for k in range(n):
+        part = rows.filter((pl.col("candidate") == k)
+                           & pl.struct("title", "polarity").map_elements(lambda r: (r["title"], r["polarity"]) in need,
+                                                                         return_dtype=pl.Boolean))
+        tokens += int(part.get_column("completion_tokens").sum())
+        so_far = rows.filter(pl.col("candidate") <= k)
+        need -= settled(Generations(so_far, gens.model), Judged(judged.scores), templates, cfg)
+        if not need:
+            break
+    return tokens
 
 
 if __name__ == "__main__":
