@@ -23,7 +23,7 @@ import yaml
 
 from prefsynth import orchestrate
 from prefsynth.errors import UserError
-from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE, JUDGE_ALL
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = ROOT / ".venv" / "bin" / "prefect"
@@ -40,6 +40,7 @@ def tiny_config(model: Path, out: Path, cache: Path, **collect) -> dict:
         "generate": {**ONE_CANDIDATE, "model": str(model), "backend": "transformers", "max_tokens": 16,
                      "cache_dir": str(cache)},
         "build": {"out": str(out), "formats": "paired", **LOOSE_FILTERS},
+        "judge": JUDGE_ALL,
     }
 
 

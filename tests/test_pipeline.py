@@ -15,7 +15,7 @@ import pytest
 
 from prefsynth.pipeline import PipelineConfig, run
 from prefsynth.config import from_dict
-from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE, JUDGE_ALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def tiny_cfg(tiny_model, tmp_path, out="out", n=12, formats="paired", **build) -
         "collect": {"n": n},
         "generate": {**ONE_CANDIDATE, "model": str(tiny_model), "backend": "transformers", "max_tokens": 16,
                      "cache_dir": str(tmp_path / "cache")},
-        "judge": {"llm": True},
+        "judge": {"llm": True, **JUDGE_ALL},
         "build": {"out": str(tmp_path / out), "formats": formats, **LOOSE_FILTERS, **build},
     })
 

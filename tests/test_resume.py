@@ -22,7 +22,7 @@ from prefsynth.config import from_dict
 from prefsynth.generate import GEN_SCHEMA
 from prefsynth.judge import JUDGE_SCHEMA
 from prefsynth.pipeline import PipelineConfig, run
-from tiny_model import LOOSE_ARGS, LOOSE_FILTERS, ONE_CANDIDATE
+from tiny_model import LOOSE_ARGS, LOOSE_FILTERS, ONE_CANDIDATE, JUDGE_ALL
 
 N = 12  # titles -> 24 reviews, 24 judgements
 
@@ -36,6 +36,7 @@ def cfg_for(tiny_model, cache: Path, out: Path) -> PipelineConfig:
         "generate": {**ONE_CANDIDATE, "model": str(tiny_model), "backend": "transformers", "max_tokens": 12,
                      "cache_dir": str(cache)},
         "build": {"out": str(out), "formats": "both", **LOOSE_FILTERS},
+        "judge": JUDGE_ALL,
     })
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from prefsynth.errors import UserError
 from prefsynth.train import EvalSettings, TrainConfig, train
-from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
+from tiny_model import JUDGE_ALL, LOOSE_FILTERS, ONE_CANDIDATE
 
 TITLES = Path(__file__).resolve().parents[1] / "data" / "titles.txt"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,6 +32,7 @@ def built(tiny_model: Path, tmp_path_factory) -> Path:
     from prefsynth.collect import CollectConfig
     from prefsynth.engines import close_backends
     from prefsynth.generate import GenerateConfig
+    from prefsynth.judge import JudgeConfig
     from prefsynth.pipeline import PipelineConfig, run
 
     root = tmp_path_factory.mktemp("train-data")
@@ -41,6 +42,7 @@ def built(tiny_model: Path, tmp_path_factory) -> Path:
                                 cache_dir=root / "cache"),
         # The tiny model's noise fails most quality filters; keep every pair so there is data to train on.
         build=BuildConfig(out=root / "ds", formats="both", validation_fraction=0.25, **LOOSE_FILTERS),
+        judge=JudgeConfig(**JUDGE_ALL),
     )
     try:
         run(cfg)

@@ -84,4 +84,6 @@ if __name__ == "__main__":
 LOOSE_FILTERS = {"truncated": "keep", "inconsistent": "keep", "invalid": "keep", "near_duplicate": 1.0,
                  "min_chars": 1, "max_repeat": 1.0, "max_echo": 1.0}
 ONE_CANDIDATE = {"candidates": 1}
-LOOSE_ARGS = [a for k, v in LOOSE_FILTERS.items() for a in (f"--build.{k}", str(v))] + ["--generate.candidates", "1"]
+JUDGE_ALL = {"skip_rejected": False}  # every review judged, whatever the filters say: counts stay fixed
+LOOSE_ARGS = [a for k, v in LOOSE_FILTERS.items() for a in (f"--build.{k}", str(v))] + [
+    "--generate.candidates", "1", "--judge.skip_rejected", "false"]

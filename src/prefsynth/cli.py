@@ -295,9 +295,10 @@ def run_cli(fn: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if "--prefect" in (sys.argv[1:] if argv is None else argv):
-        # Prefect installs its own log handlers (run names, its format) on import, unless the root logger is
-        # already set up: import it before quiet_libraries() configures ours.
-        import prefect  # noqa: F401
+        # Prefect installs its own log handlers (run names, its format) when its flow API loads, unless the root
+        # logger is already set up: load it before quiet_libraries() configures ours. (`import prefect` alone is
+        # lazy and sets up nothing.)
+        from prefect import flow  # noqa: F401
     quiet_libraries()
 
     def go() -> int:

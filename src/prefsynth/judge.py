@@ -53,6 +53,8 @@ class JudgeConfig:
     calibrate: bool = opt(True, "remove the LLM judge's label prior, measured on content-free reviews")
     head: bool = opt(True, "score with the polarity head trained on real reviews (data/judge/polarity_head.json) "
                            "when it was trained for this model and judge template; else LLM + lexicon")
+    skip_rejected: bool = opt(True, "do not judge texts that a filter or validity rule already rejected (the build "
+                                    "drops them whatever their polarity); false judges every text")
     max_words: int = opt(160, "a longer review is judged on an excerpt of this many words: its opening, the "
                               "sentences with verdict words, and its end")
 

@@ -57,7 +57,9 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
         gens_parts.append(g)
         j = None
         if judge_cfg.enabled:
-            j = step(judge, "judge")(g, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg))
+            todo = _worth_judging(gens_parts, g, templates, build_cfg) if judge_cfg.skip_rejected else g
+            j = step(judge, "judge")(todo, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg))
+            j.stats["skipped_rejected"] = g.rows.height - todo.rows.height
             judged_parts.append(j)
         per_round.append(len(need))
         if k + 1 == gen_cfg.candidates:
@@ -70,6 +72,15 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
     gens = _concat(gens_parts)
     gens.stats["reviews_per_round"] = per_round
     return gens, (_concat_judged(judged_parts) if judged_parts else None)
+
+
+def _worth_judging(parts: list[Generations], new: Generations, templates: Templates,
+                   cfg: BuildConfig) -> Generations:
+    """The texts of this round that pass every filter (checked together with the earlier rounds, so a copy of an
+    earlier text counts as one): judging costs about half of generating, and a rejected text is dropped anyway."""
+    flagged = flag_all(_concat(parts).rows, templates, cfg)
+    keep = flagged.filter(~pl.col("bad")).get_column("key")
+    return Generations(new.rows.filter(pl.col("key").is_in(keep.implode())), new.model, new.stats, new.dtype)
 
 
 def _concat(parts: list[Generations]) -> Generations:

@@ -20,7 +20,7 @@ from prefsynth.errors import UserError
 from prefsynth.generate import GenerateConfig, request_seed
 from prefsynth.model import ModelRef, resolve_model
 from prefsynth.pipeline import PipelineConfig, run
-from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE
+from tiny_model import LOOSE_FILTERS, ONE_CANDIDATE, JUDGE_ALL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +85,7 @@ def test_build_through_the_engine_shares_the_cache_with_in_process_runs(tiny_mod
             "generate": {**ONE_CANDIDATE, "model": str(tiny_model), "max_tokens": 8, "kv_cache_gib": 1, "max_model_len": 512,
                          "cache_dir": str(tmp_path / "cache"), **generate},
             "build": {"out": str(tmp_path / "out"), "formats": "both", **LOOSE_FILTERS},
+            "judge": JUDGE_ALL,
         })
 
     first = run(cfg(engine_url=engine_url))
