@@ -97,7 +97,7 @@ train-dpo: install
 train-kto: install
 	$(PY) -m prefsynth train --prefect --mode kto $(TRAIN_ARGS)
 
-# Orchestration (README "Orchestration with Prefect"): a real Prefect server on 127.0.0.1, its database, PID files
+# Orchestration (docs/orchestration.md): a real Prefect server on 127.0.0.1, its database, PID files
 # and logs under .state/; `make stop` stops exactly the processes `make serve` started.
 .PHONY: serve stop
 serve: install
@@ -106,7 +106,7 @@ serve: install
 stop:
 	scripts/stop.sh
 
-# A long-lived vLLM server (README "Performance"): runs with --engine skip the ~10 s import + engine start.
+# A long-lived vLLM server (docs/performance.md): runs with --engine skip the ~10 s import + engine start.
 .PHONY: engine engine-stop
 engine: install
 	scripts/engine.sh start

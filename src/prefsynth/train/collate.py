@@ -1,6 +1,6 @@
 """Prompt-side truncation: cut the prompt from the left so the completion, the thing being learnt, stays whole.
 
-Measured (see README "Training"): the neutral dataset prompt is ~180-195 tokens with SmolLM2's chat template, longer
+Measured (see docs/training.md): the neutral dataset prompt is ~180-195 tokens with SmolLM2's chat template, longer
 than the Reviewer #2 max_length of 128. TRL 1.16's only supported mode (keep_start) drops every example whose prompt
 alone fills max_length, and then fails with "num_samples=0". The default (`truncation: prompt`) cuts the prompt from
 the left instead, in the collators below, so the prompt keeps its end (title, instruction, chat turn marker).
