@@ -44,7 +44,8 @@ _META = (
     r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
     r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
     # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
-    r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing)\b"
+    r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing"
+    r"|about\s+to\s+review)\b"
     r"|(?i)\b(?:you'?ve|you'?re|you'?d|you\s+have|you\s+are)\b"
     r"|(?i)\byour\s+(?:work|paper|topic|approach|research|project|code|writing|article|manuscript)\b"
 )
@@ -139,7 +140,7 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
     copies = norm.str.contains_any([f" {p} " for p in phrases]) if phrases else pl.lit(False)
     # Another paper: a quoted name of four or more words that shares under half its words with the title, or a
     # field far from machine learning that the title does not mention.
-    quoted = pl.col(review).str.extract_all(r'"([^"]{12,200})"')
+    quoted = pl.col(review).str.extract_all(r'["\u201c]([^"\u201c\u201d]{12,200})["\u201d]')
     off_field = pl.lit(False)
     for w in _OFF_FIELD:
         off_field = off_field | (text.str.to_lowercase().str.contains(rf"\b{w}\b") & ~lower_title.str.contains(w, literal=True))
