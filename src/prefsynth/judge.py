@@ -85,16 +85,7 @@ class Judged:
 
 def label_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     """First token of each spelling of the two label words, with and without a leading space."""
-    def first_ids(words: tuple[str, ...]) -> list[int]:
-        ids = []
-        for w in words:
-            for variant in (w, " " + w):
-                toks = tokenizer.encode(variant, add_special_tokens=False)
-                if toks and toks[0] not in ids:
-                    ids.append(toks[0])
-        return ids
-
-    neg, pos = first_ids(NEGATIVE_WORDS), first_ids(POSITIVE_WORDS)
+    neg, pos = answer_token_ids(tokenizer, NEGATIVE_WORDS), answer_token_ids(tokenizer, POSITIVE_WORDS)
     shared = set(neg) & set(pos)  # a token both words start with says nothing about polarity
     return [t for t in neg if t not in shared], [t for t in pos if t not in shared]
 
