@@ -61,3 +61,22 @@ def test_combined_judge_on_bundled_model_beats_chance(bundled_model):
     assert acc["combined"] >= 0.6 and p_value_vs_chance(acc["combined"], len(rows)) < 0.02, report
     assert acc["llm"] >= acc["llm_raw"]  # calibration removes the label prior, it must not make things worse
     assert report["undecided"]["llm"] == 0
+
+
+def test_the_heads_answer_words_do_not_change_the_llm_judge(tiny_model):
+    """One engine pass serves both judges; the extra answer words read for the head are not label mass."""
+    from prefsynth.engines import get_backend
+    from prefsynth.generate import GenerateConfig
+    from prefsynth.judge import llm_scores, score_reviews
+    from prefsynth.model import resolve_model
+    from prefsynth.polarity_head import PolarityHead, answer_token_ids
+    from prefsynth.prompts import PromptConfig, Templates
+
+    templates = Templates(PromptConfig())
+    backend = get_backend(resolve_model(str(tiny_model)), GenerateConfig(model=str(tiny_model), backend="transformers"))
+    reviews = ["The method is weak and the evaluation unconvincing. Reject.", "A clear, convincing paper. Accept."]
+    ids = answer_token_ids(backend.tokenizer)
+    head = PolarityHead(ids, [0.0] * (len(ids) + 3), [1.0] * (len(ids) + 3), [0.0] * (len(ids) + 3), 0.0, "", "")
+    plain = llm_scores(backend, templates, reviews)
+    both = {i: llm for i, llm, *_ in score_reviews(backend, templates, reviews, JudgeConfig(), head)}
+    assert all(math.isclose(both[i], plain[i], abs_tol=1e-6) for i in range(len(reviews))), (both, plain)

@@ -110,6 +110,18 @@ def _log_odds(lps: list[float], n_neg: int) -> float:
     return max(-50.0, min(50.0, ln - lp))
 
 
+def _label_bias(backend, templates: Templates, ids: list[int], n_neg: int, n_labels: int) -> float:
+    """The LLM judge's label prior: its mean log-odds on content-free reviews (`ids` starts with the label tokens,
+    negative first; only those `n_labels` count)."""
+    probes = [backend.chat(templates.judge(r)) for r in CONTENT_FREE]
+    return sum(_log_odds(lps[:n_labels], n_neg) for _, lps in backend.label_logprobs(probes, ids)) / len(probes)
+
+
+def _p_negative(lps: list[float], n_neg: int, n_labels: int, bias: float) -> float:
+    """Calibrated P(negative) from the label tokens' log-probabilities (the first `n_labels` of `lps`)."""
+    return 1.0 / (1.0 + math.exp(-(_log_odds(lps[:n_labels], n_neg) - bias)))
+
+
 def llm_scores_iter(backend, templates: Templates, reviews: list[str],
                     calibrate: bool = True) -> Iterator[tuple[int, float]]:
     """(index, calibrated P(negative)) for each review, streamed as the engine finishes them."""
@@ -118,13 +130,10 @@ def llm_scores_iter(backend, templates: Templates, reviews: list[str],
         yield from ((i, 0.5) for i in range(len(reviews)))
         return
     ids = neg + pos
-    bias = 0.0
-    if calibrate:
-        probes = [backend.chat(templates.judge(r)) for r in CONTENT_FREE]
-        bias = sum(_log_odds(lps, len(neg)) for _, lps in backend.label_logprobs(probes, ids)) / len(probes)
+    bias = _label_bias(backend, templates, ids, len(neg), len(ids)) if calibrate else 0.0
     prompts = [backend.chat(templates.judge(r)) for r in reviews]
     for i, lps in backend.label_logprobs(prompts, ids):
-        yield i, 1.0 / (1.0 + math.exp(-(_log_odds(lps, len(neg)) - bias)))
+        yield i, _p_negative(lps, len(neg), len(ids), bias)
 
 
 def llm_scores(backend, templates: Templates, reviews: list[str], calibrate: bool = True) -> list[float]:
@@ -238,13 +247,11 @@ def score_reviews(backend, templates: Templates, reviews: list[str], cfg: JudgeC
     extra = [t for t in answer if t not in neg + pos]
     ids = neg + pos + extra
     where = {t: k for k, t in enumerate(ids)}
-    bias = 0.0
-    if cfg.calibrate and neg and pos:
-        probes = [backend.chat(templates.judge(r)) for r in CONTENT_FREE]
-        bias = sum(_log_odds(lps, len(neg)) for _, lps in backend.label_logprobs(probes, ids)) / len(probes)
+    n_labels = len(neg) + len(pos)  # the head's extra answer words follow; they are no label of the LLM judge
+    bias = _label_bias(backend, templates, ids, len(neg), n_labels) if cfg.calibrate and neg and pos else 0.0
     prompts = [backend.chat(templates.judge(t)) for t in texts]
     for i, lps in backend.label_logprobs(prompts, ids):
-        llm = 1.0 / (1.0 + math.exp(-(_log_odds(lps, len(neg)) - bias))) if neg and pos else 0.5
+        llm = _p_negative(lps, len(neg), n_labels, bias) if neg and pos else 0.5
         h = float("nan")
         answer_lps = [lps[where[t]] for t in answer]
         if head is not None:
@@ -259,7 +266,9 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
                                     lexicon=cfg.lexicon, words=[NEGATIVE_WORDS, POSITIVE_WORDS],
                                     system=setup.system_prompt, calibrate=[cfg.calibrate, CONTENT_FREE])
     if head is not None:  # judgements made without a head keep their keys
-        parts.update(head=head.fingerprint, max_words=cfg.max_words)
+        # "labels": the LLM judge's log-odds over the label tokens only (a first version also counted the head's
+        # extra answer words as positive mass; its cached scores must not be reused)
+        parts.update(head=head.fingerprint, max_words=cfg.max_words, llm_odds="labels")
     fingerprint = make_key(**parts)
     store = Store(setup.cache, "judgements", JUDGE_SCHEMA)
     store.sweep()
