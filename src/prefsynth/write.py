@@ -68,5 +68,5 @@ def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, s
             for name, data in (plots or {}).items():
                 (tmp / name).write_bytes(data)
             (tmp / MANIFEST).write_text(manifest.to_json())
-            (tmp / "README.md").write_text(render_card(manifest, tmp, provenance.get("license", "apache-2.0")))
+            (tmp / "README.md").write_text(render_card(manifest, tmp, manifest.configs[changed_configs[0]].license))
         return WriteResult(out, True, manifest.version, files)
