@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from dataclasses import replace
 
 import pytest
@@ -138,10 +137,8 @@ def test_malformed_repo_id(hub, cfg, tmp_path, repo_id):
     assert ("malformed repo id" in msg or "no repo given" in msg) and hub.requests == []
 
 
-def test_endpoint_unreachable(cfg, tmp_path):
-    with socket.socket() as s:  # a port that was free a moment ago and has nobody listening now
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_endpoint_unreachable(cfg, tmp_path, free_port):
+    port = free_port()  # free a moment ago, and nobody listens on it now
     with pytest.raises(UserError) as exc:
         publish(make_dataset(tmp_path / "ds"), replace(cfg, endpoint=f"http://127.0.0.1:{port}", max_retries=1))
     msg = assert_one_line(exc.value)

@@ -13,7 +13,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -108,12 +107,6 @@ def test_run_names_say_what_is_built():
 # ---------------------------------------------------------------------------------------- a real Prefect server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pids(run_dir: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
 
@@ -129,11 +122,11 @@ def _running(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(session_tmp):
+def prefect_server(session_tmp, free_port):
     """`scripts/serve.sh` with a free port and its own state folder; only the cpu pool gets a worker, so a
     training run handed off by a build stays queued in the gpu pool. Everything started is stopped afterwards."""
     state = session_tmp / "state"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFSYNTH_STATE": str(state), "PREFECT_PORT": str(port), "PREFSYNTH_WORKERS": "cpu",
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFSYNTH_HOME": str(session_tmp / "home")}
     env.pop("PREFECT_API_URL", None)
