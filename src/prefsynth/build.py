@@ -21,6 +21,7 @@ from prefsynth.constants import CONFIG_NAMES, DEFAULT_OUT, SPLITS
 from prefsynth.errors import UserError
 from prefsynth.filters import flag_generations
 from prefsynth.manifest import Manifest
+from prefsynth.pairing import sampled_pairs
 from prefsynth.prompts import Templates
 from prefsynth.validity import REASONS, validity_flags
 
@@ -32,6 +33,12 @@ class BuildConfig:
     formats: Literal["paired", "unpaired", "both"] = opt("paired", "which dataset config(s) to write",
                                                          alias="formats")
     chosen: Literal["negative", "positive"] = opt("negative", "polarity of the chosen review (Reviewer #2: negative)")
+    pairing: Literal["steered", "sampled"] = opt(
+        "steered", "steered: polarity instructions write chosen and rejected, the neutral prompt is stored (the "
+                   "Reviewer #2 recipe); sampled: on-policy, every candidate is sampled from the stored prompt and "
+                   "the judge picks chosen and rejected (prefsynth/pairing.py)", alias="pairing")
+    min_margin: float = opt(0.3, "sampled pairing: least judged difference (probability of the chosen polarity) "
+                                 "between chosen and rejected for a pair to be kept")
     validation_fraction: float = opt(1 / 11, "share of titles in validation (1,000/100 at N=1,100)")
     split_seed: int = opt(0, "seed of the title -> split assignment")
     conversational: bool = opt(True, "store prompt/completions as chat messages (TRL applies the chat template)")
@@ -94,7 +101,15 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     flag_seconds = time.perf_counter() - t0
     if judged is not None and judged.height:
         flagged = flagged.join(judged, on="key", how="left")
-    flagged, candidate_stats = best_candidates(flagged)
+    if cfg.pairing == "sampled":
+        if "judge_negative" not in flagged.columns:
+            raise UserError("build.pairing sampled needs the polarity judge (judge.enabled true): it is what "
+                            "decides which sampled review is chosen and which rejected")
+        filtered = {c[4:]: int(flagged.get_column(c).sum()) for c in flagged.columns if c.startswith("bad_")}
+        flagged, candidate_stats = sampled_pairs(flagged, cfg.chosen, cfg.min_margin)
+        candidate_stats = {"sampled": {**candidate_stats, "candidates_dropped": filtered}}
+    else:
+        flagged, candidate_stats = best_candidates(flagged)
     rejected_pol = "positive" if cfg.chosen == "negative" else "negative"
     split_df = pl.DataFrame({"title": list(splits), "split": list(splits.values())})
     prompts = pl.DataFrame({"title": titles, "prompt_text": templates.render_many("dataset", titles)})
@@ -118,6 +133,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height, **candidate_stats,
                                 "validity_seconds": round(flag_seconds, 3)}
     drops: dict[str, int] = {}
+    if cfg.pairing == "sampled":  # the filters acted on candidates; a title is what fails to make a pair
+        drops["no_pair"] = len(titles) - pairs.height
     for c in [c for c in flagged.columns if c.startswith("bad_")]:
         drops[c[4:]] = int((pairs.get_column(c) | pairs.get_column(f"{c}_r")).sum())
     pairs = pairs.with_columns((pl.col("bad") | pl.col("bad_r")).alias("_drop"))

@@ -32,6 +32,10 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def _pairing(prov: dict) -> str:
+    return ((prov.get("config") or {}).get("build") or {}).get("pairing", "steered")
+
+
 def render_card(manifest: Manifest, folder: Path, license: str) -> str:
     configs = manifest.configs
     total = sum(sum(c.rows.values()) for c in configs.values())
@@ -46,8 +50,11 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
     lines = ["---", data.to_yaml(), "---", ""]
     any_prov = next(iter(configs.values())).provenance
     lines += [f"# {any_prov.get('name', folder.name)}", "",
-              "Synthetic preference data built by [prefsynth](https://github.com/prefsynth/prefsynth): for each "
-              "paper title a language model wrote a negative and a positive review from few-shot prompts. "
+              "Synthetic preference data built by [prefsynth](https://github.com/prefsynth/prefsynth): " + (
+                  "for each paper title a language model sampled several reviews from the stored prompt itself "
+                  "(on-policy) and a polarity judge picked the pair" if _pairing(any_prov) == "sampled" else
+                  "for each paper title a language model wrote a negative and a positive review from few-shot "
+                  "prompts (steered); the stored prompt is the neutral one") + ". "
               f"`chosen` is the **{any_prov.get('chosen', 'negative')}** review.", "",
               f"Dataset version **{manifest.version}**, created {manifest.created}, "
               f"updated {manifest.updated}.", ""]
@@ -75,6 +82,13 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
                   f"| packages | {', '.join(f'{k} {v}' for k, v in sorted(p['packages'].items()))} |", ""]
         lines += [f"Pairs generated: {s.get('pairs_generated')}, kept: {s.get('pairs_kept')}, dropped: "
                   f"{s.get('pairs_dropped')}."]
+        if s.get("sampled"):
+            y = s["sampled"]
+            lines += ["", f"Pairing **sampled** (on-policy): {y['candidates_generated']} reviews sampled from the "
+                      f"dataset prompt for {y['titles']} titles, {y['candidates_valid']} valid and judged; "
+                      f"{y['titles_with_pair']} titles gave a pair (yield {y['pair_yield']:.1%}, mean judged margin "
+                      f"{y['mean_margin']:.2f}, at least {y['min_margin']}); {y['titles_without_two_valid']} had "
+                      f"fewer than two valid reviews, {y['titles_margin_too_small']} too small a margin."]
         if s.get("candidates"):
             lines += ["", f"Each review is the best of up to {s['candidates']} candidates (a further candidate is "
                       "sampled only when the earlier ones failed a filter or the judge): "

@@ -22,7 +22,7 @@ from prefsynth.config import opt
 from prefsynth.engines import Request, get_backend
 from prefsynth.errors import UserError
 from prefsynth.model import ModelRef, home, resolve_model
-from prefsynth.prompts import POLARITIES, Templates
+from prefsynth.prompts import NEUTRAL, POLARITIES, Templates, template_for
 
 
 @dataclass
@@ -41,7 +41,8 @@ class GenerateConfig:
                            "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text")
     candidates: int = opt(4, "at most this many reviews sampled per (title, polarity), each under its own cache key "
                              "and seed; candidate k is sampled only where candidates 0..k-1 all failed a filter or "
-                             "the judge, and the build keeps the best", alias="candidates")
+                             "the judge, and the build keeps the best (build.pairing sampled: 2 x this many per "
+                             "title, all from the dataset prompt)", alias="candidates")
     cache_dir: Path | None = opt(None, "generation cache (default: $PREFSYNTH_HOME/cache)", alias="cache")
     fsync_seconds: float = opt(1.0, "finished reviews reach the cache journal at once; fsync at most this often")
     # vLLM engine settings; on GPUs these pass straight through to vllm.LLM
@@ -94,17 +95,33 @@ def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, t
     """The cache key of one review. The opening and the candidate index join the key only when set, so reviews
     cached before either existed keep their keys (and candidate 0 is the review a one-candidate run makes)."""
     extra: dict[str, object] = {}
-    if cfg.opening:
+    if opening_for(cfg, polarity):
         extra["opening"] = cfg.opening
     if candidate:
         extra["candidate"] = candidate
-    return make_key(model=model.fingerprint, templates=templates.hash_for(polarity), params=cfg.sampling(),
+    return make_key(model=model.fingerprint, templates=templates.hash_for(template_for(polarity)),
+                    params=cfg.sampling(),
                     system=cfg.system_prompt, title=title, polarity=polarity, **extra)
+
+
+def opening_for(cfg: GenerateConfig, polarity: str) -> str:
+    """A NEUTRAL review is sampled exactly as the policy would write it from the stored prompt: no opening words
+    and no system message of ours (the model's own default, as TRL's chat template adds it)."""
+    return "" if polarity == NEUTRAL else cfg.opening
+
+
+def prompt_for(backend, templates: Templates, cfg: GenerateConfig, title: str, polarity: str) -> str:
+    """The engine input of one review: chat-templated instruction (plus the opening words the reply starts with)."""
+    if polarity == NEUTRAL:
+        return backend.chat(templates.dataset(title))
+    # The configured system message wins over prompts/system.j2; judge prompts carry neither of the two.
+    system = cfg.system_prompt if cfg.system_prompt is not None else templates.system()
+    return backend.chat(templates.generation(title, polarity), system) + cfg.opening
 
 
 def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
              progress: Callable[[int, int], None] | None = None, candidate: int | None = None,
-             need: set[tuple[str, str]] | None = None) -> Generations:
+             need: set[tuple[str, str]] | None = None, polarities: tuple[str, ...] = POLARITIES) -> Generations:
     """Ensure a cached review exists for every (title, polarity) and candidate; generate only the missing ones.
 
     `candidate` restricts the run to one candidate index and `need` to some (title, polarity) reviews: the
@@ -117,7 +134,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         raise UserError(f"generate.candidates must be at least 1, got {cfg.candidates}")
     indices = range(cfg.candidates) if candidate is None else [candidate]
     wanted = {generation_key(model, templates, cfg, t, p, c): (t, p, c)
-              for t in titles for p in POLARITIES for c in indices if need is None or (t, p) in need}
+              for t in titles for p in polarities for c in indices if need is None or (t, p) in need}
     have = store.load(set(wanted))
     todo = [k for k in wanted if k not in set(have.get_column("key").to_list())]
     stats: dict[str, float] = {"requested": len(wanted), "reused": len(wanted) - len(todo), "generated": 0,
@@ -129,10 +146,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         backend = get_backend(model, cfg)
         dtype = backend.dtype
         t_engine = time.time() - t1
-        # The configured system message wins over prompts/system.j2; judge prompts carry neither of the two.
-        system = cfg.system_prompt if cfg.system_prompt is not None else templates.system()
-        requests = [Request(k, backend.chat(templates.generation(*wanted[k][:2]), system) + cfg.opening,
-                            request_seed(k)) for k in todo]
+        requests = [Request(k, prompt_for(backend, templates, cfg, *wanted[k][:2]), request_seed(k)) for k in todo]
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(requests), desc=f"generating ({backend.name})", unit="review", dynamic_ncols=True,
@@ -142,10 +156,12 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         with store.journal(cfg.fsync_seconds) as journal:
             for out in backend.generate(requests):
                 title, polarity, _ = wanted[out.key]
-                journal.add({"key": out.key, "title": title, "polarity": polarity, "text": cfg.opening + out.text,
+                journal.add({"key": out.key, "title": title, "polarity": polarity,
+                             "text": opening_for(cfg, polarity) + out.text,
                              "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                              "finish_reason": out.finish_reason, "model": model.name,
-                             "template_hash": templates.hash_for(polarity), "backend": backend.name})
+                             "template_hash": templates.hash_for(template_for(polarity)),
+                             "backend": backend.name})
                 stats["generated"] += 1
                 stats["completion_tokens"] += out.completion_tokens
                 stats["prompt_tokens"] += out.prompt_tokens

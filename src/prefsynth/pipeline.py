@@ -67,6 +67,10 @@ class Summary:
         out.append(f"  pairs: {b.get('pairs_generated')} generated, {b.get('pairs_kept')} kept"
                    + (f"; dropped by filter: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
                       if any(self.dropped.values()) else ""))
+        if y := b.get("sampled"):
+            out.append(f"  sampled (on-policy) pairing: {y['titles_with_pair']}/{y['titles']} titles gave a pair from "
+                       f"{y['candidates_generated']} reviews ({y['titles_without_two_valid']} lacked two valid ones, "
+                       f"{y['titles_margin_too_small']} had a judged margin under {y['min_margin']})")
         if b.get("quality"):
             from prefsynth.quality import describe
 

@@ -28,12 +28,19 @@ REQUIRED = {
     "judge": {"review"},
 }
 POLARITIES = ("negative", "positive")
+# On-policy sampling: reviews written from the stored dataset prompt itself, their polarity left to the judge.
+NEUTRAL = "neutral"
 
 
 @dataclass
 class PromptConfig:
     dir: Path = opt(PROMPTS_DIR, "folder holding negative.j2, positive.j2, dataset.j2 and judge.j2",
                     alias="prompts")
+
+
+def template_for(polarity: str) -> str:
+    """The template a review of this polarity is generated from (NEUTRAL: the dataset prompt)."""
+    return "dataset" if polarity == NEUTRAL else polarity
 
 
 class Templates:
@@ -112,7 +119,7 @@ class Templates:
         return out.get_column("r").to_list()
 
     def generation(self, title: str, polarity: str) -> str:
-        return self.render(polarity, title=title)
+        return self.render(template_for(polarity), title=title)
 
     def system(self) -> str | None:
         """The system message for generation (`system.j2`, optional; no variables), or None without one."""

@@ -15,16 +15,22 @@ from typing import Any
 import polars as pl
 
 from prefsynth.build import BuildConfig, flag_all
+from prefsynth.errors import UserError
 from prefsynth.generate import GenerateConfig, Generations, generate
 from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
-from prefsynth.prompts import POLARITIES, Templates
+from prefsynth.pairing import sampled_settled
+from prefsynth.prompts import NEUTRAL, POLARITIES, Templates
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
 
 def settled(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig) -> set[tuple[str, str]]:
-    """The (title, polarity) reviews that already have a candidate the build would keep."""
+    """The (title, polarity) reviews that already have a candidate the build would keep (sampled pairing: the
+    (title, NEUTRAL) whose candidates already make a pair)."""
     flagged = flag_all(gens.rows, templates, cfg)
+    if cfg.pairing == "sampled":
+        flagged = flagged.join(judged.scores.select("key", "judge_negative"), on="key", how="left")
+        return {(t, NEUTRAL) for t in sampled_settled(flagged, cfg.chosen, cfg.min_margin)}
     ok = ~pl.col("bad")
     if judged is not None and cfg.inconsistent == "drop":  # the judge's verdict matters only where it drops
         flagged = flagged.join(judged.scores.select("key", "judge_negative"), on="key", how="left")
@@ -48,12 +54,18 @@ def _merge_stats(parts: list[dict]) -> dict:
 
 def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateConfig, judge_cfg: JudgeConfig,
                     build_cfg: BuildConfig, step: Step) -> tuple[Generations, Judged | None]:
-    need = {(t, p) for t in titles for p in POLARITIES}
+    polarities = (NEUTRAL,) if build_cfg.pairing == "sampled" else POLARITIES
+    if build_cfg.pairing == "sampled" and not judge_cfg.enabled:
+        raise UserError("build.pairing sampled needs the polarity judge (judge.enabled true): it is what decides "
+                        "which sampled review is chosen and which rejected")
+    # Sampled pairing draws both sides from one prompt: the same review budget per title as steered (2 x n).
+    rounds = gen_cfg.candidates * len(POLARITIES) // len(polarities)
+    need = {(t, p) for t in titles for p in polarities}
     gens_parts: list[Generations] = []
     judged_parts: list[Judged] = []
     per_round = []
-    for k in range(gen_cfg.candidates):
-        g = step(generate, "generate")(titles, templates, gen_cfg, candidate=k, need=need)
+    for k in range(rounds):
+        g = step(generate, "generate")(titles, templates, gen_cfg, candidate=k, need=need, polarities=polarities)
         gens_parts.append(g)
         j = None
         if judge_cfg.enabled:
@@ -62,7 +74,7 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
             j.stats["skipped_rejected"] = g.rows.height - todo.rows.height
             judged_parts.append(j)
         per_round.append(len(need))
-        if k + 1 == gen_cfg.candidates:
+        if k + 1 == rounds:
             break
         gens = _concat(gens_parts)
         judged = _concat_judged(judged_parts) if judged_parts else None
