@@ -206,6 +206,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """A page on 127.0.0.1 to read a dataset (prefsynth.view): prints the URL, serves until Ctrl-C."""
+    from prefsynth.view import serve
+
+    return serve(args.path, port=args.port, open_browser=not args.no_browser)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse prints usage plus an error over several lines; a user gets one line and exit code 2."""
 
@@ -276,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
                       TrainConfig, cmd_train)
     p.add_argument("--prefect", action="store_true", help="run it as the train Prefect flow in this process "
                    "(what `make train-dpo` does)")
+    p = _stage_parser(sub, "view", "browse a dataset in a local web page: pairs side by side, kept and dropped rows, "
+                      "filters, search", None, cmd_view)
+    p.add_argument("path", help="dataset folder written by `prefsynth build`, or a Hub dataset repo namespace/name")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free port)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
     return parser
 
 
