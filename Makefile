@@ -29,13 +29,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield judge-eval judge-train validity-eval clean
+.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield judge-eval judge-train validity-eval clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
 	@echo "make paired            DPO dataset  (N= OUT= MODEL= TITLES= ARGS=)"
 	@echo "make unpaired          KTO dataset  (same variables; reuses cached generations)"
 	@echo "make test              the test suite (what CI runs)"
+	@echo "make view OUT=<folder or repo>  browse a dataset in a page on 127.0.0.1 (pairs, dropped rows, filters)"
 	@echo "make publish OUT=<folder> REPO=<namespace/name>"
 	@echo "make serve / make stop  local Prefect server + cpu/gpu workers + deployments (PREFECT_PORT=4200)"
 	@echo "make engine            a vLLM server holding the model; builds use it with ENGINE=<its URL> (ENGINE_PORT=8765)"
@@ -48,7 +49,16 @@ help:
 	@echo "make judge-train       fit the polarity head on the real-review dev part, then judge-eval"
 	@echo "make validity-eval     precision/recall of the validity rules on hand-labelled generated reviews"
 
-install: $(VENV)/.installed-$(DEVICE)
+install: $(VENV)/.installed-$(DEVICE) browser
+
+# The browser test of `prefsynth view` (tests/test_view.py) drives Debian's Chromium through its own chromedriver.
+# Installed here when missing, as root with apt-get; otherwise a message, and that test skips (CI=true: fails).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "make install: could not install chromium chromium-driver with apt-get; the browser test will skip (fail on CI)"; \
+	else echo "make install: chromium and chromium-driver are missing (needs root and apt-get); the browser test will skip (fail on CI)"; fi
 
 $(VENV)/.installed-$(DEVICE): pyproject.toml requirements/$(DEVICE).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +88,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not integration" $(ARGS)
+
+# The dataset page (docs/viewer.md): OUT is a dataset folder (default: the build's default output) or a Hub repo
+view: install
+	$(PY) -m prefsynth view $(or $(OUT),data/out/reviewer2) $(ARGS)
 
 REPO ?=
 publish: install
