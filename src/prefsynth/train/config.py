@@ -65,6 +65,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto: cuda when available, else cpu")
     gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass (SmolLM2, CPU, batch 10: "
                                              "same s/step, peak memory 6.8 instead of 11.8 GB)")
+    precompute_ref: bool = opt(True, "DPO: compute the reference log-probabilities once before training (TRL's "
+                                     "precompute_ref_log_probs; the reference is the adapter-off base, so the "
+                                     "numbers are the same) instead of a reference forward pass every step")
     seed: int = opt(0, "seed of LoRA init, data order and evaluation sampling")
     logging_steps: int | None = opt(None, "log every N steps; None: about 100 points over the run")
     eval_steps: int | None = opt(None, "validation loss every N steps; None: about 10 times per run; 0: never")

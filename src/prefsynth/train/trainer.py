@@ -27,8 +27,8 @@ PROGRESS_KEYS = ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "
 TRL_ARGS_KEPT = ("learning_rate", "lr_scheduler_type", "warmup_steps", "max_steps", "num_train_epochs", "beta",
                  "max_length", "truncation_mode", "loss_type", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "optim", "bf16", "fp16", "use_cpu", "gradient_checkpointing", "seed",
-                 "disable_dropout", "train_sampling_strategy", "desirable_weight", "undesirable_weight",
-                 "logging_steps", "eval_steps")
+                 "disable_dropout", "precompute_ref_log_probs", "train_sampling_strategy", "desirable_weight",
+                 "undesirable_weight", "logging_steps", "eval_steps")
 
 
 # ------------------------------------------------------------------------------------------------ device and model
@@ -209,7 +209,7 @@ def build_trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device
     if cfg.mode == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common, loss_type=["sigmoid"])
+        args = DPOConfig(**common, loss_type=["sigmoid"], precompute_ref_log_probs=cfg.precompute_ref)
         cols = COLUMNS["paired"]
         train_ds = to_dataset(data.train, cols)
         eval_ds = to_dataset(data.validation, cols) if has_eval else None
