@@ -68,6 +68,19 @@ def train_run(args, data: Path, mode: str, out: Path) -> dict:
             "epochs": m["epochs"], "history": m["history"]}
 
 
+def speed_check(args, data: Path, out: Path) -> dict:
+    """DPO seconds per step without TRL's precomputed reference log-probabilities (the "before" of the cheap win;
+    the DPO runs above use it), a few steps on the same data and batch."""
+    from prefsynth.train import TrainConfig, train
+    from prefsynth.train.config import EvalSettings
+
+    cfg = TrainConfig(data=str(data), mode="dpo", steps=args.speed_steps, batch_size=args.batch, out=out,
+                      eval_steps=0, precompute_ref=False, eval=EvalSettings(titles=0))
+    res = train(cfg, log_line=lambda s: None)
+    m = json.loads((Path(res.out) / "metrics.json").read_text())
+    return {"seconds_per_step": m["seconds_per_step"], "seconds": m["seconds"], "steps": m["steps"]}
+
+
 def reviews(name: str, model_path: str, titles, templates, gen, base, work: Path) -> dict:
     from prefsynth.train.compare import write_reviews
 
@@ -83,7 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=160, help="titles the datasets are built from")
     ap.add_argument("--validation-fraction", type=float, default=0.2, help="share of built titles in validation")
     ap.add_argument("--eval-titles", type=int, default=100, help="held-out titles every model reviews")
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps of every training run (same budget)")
+    ap.add_argument("--steps", type=int, default=16, help="optimizer steps of every training run (same budget)")
+    ap.add_argument("--speed-steps", type=int, default=3,
+                    help="steps of the DPO speed check without precomputed reference log-probs (0 skips it)")
     ap.add_argument("--batch", type=int, default=8, help="per-device batch size of every run (KTO needs >= 2)")
     ap.add_argument("--min-margin", type=float, default=0.15,
                     help="sampled pairing's judged margin (the LLM judge's scores are compressed: IQR ~0.47-0.60)")
@@ -130,11 +145,16 @@ def main(argv=None) -> int:
             evals[name] = stage(work, f"reviews-{name}", lambda name=name, merged=merged: reviews(
                 name, str(merge_adapter(Path(runs[name]["out"]), base, merged)), titles, templates, gen, base,
                 work))
+    if args.speed_steps and "steered" in pairings:
+        runs_speed = stage(work, "speed-dpo-no-precompute", lambda: speed_check(args, work / "data-steered",
+                                                                                 work / "speed-dpo"))
+    else:
+        runs_speed = None
     from prefsynth.train.compare import Written
 
     written = {n: Written(n, pl.read_parquet(work / f"reviews-{n}.parquet"), e["seconds"]) for n, e in evals.items()}
     table = {n: compare(written["base"], w) for n, w in written.items() if n != "base"}
-    write_results(results, args, built, runs, evals, table, written, time.time() - t_start)
+    write_results(results, args, built, runs, evals, table, written, time.time() - t_start, runs_speed)
     return 0
 
 

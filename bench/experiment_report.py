@@ -97,7 +97,7 @@ def samples(written: dict, best: str, n: int = 5) -> list[str]:
 
 
 def write_results(results: Path, args, built: dict, runs: dict, evals: dict, table: dict, written: dict,
-                  wall: float) -> None:
+                  wall: float, speed: dict | None = None) -> None:
     results.mkdir(parents=True, exist_ok=True)
     lines = [f"Experiment: {args.n} titles built per pairing ({args.validation_fraction:.0%} validation), "
              f"{args.steps} steps of batch {args.batch} per run, {table[next(iter(table))]['titles']} held-out "
@@ -109,6 +109,10 @@ def write_results(results: Path, args, built: dict, runs: dict, evals: dict, tab
                      + f"; build {b['stage_seconds']:.0f}s")
     lines.append("")
     lines += render_table(built, runs, table)
+    if speed and "dpo-steered" in runs:
+        lines += ["", f"DPO s/step (steered data, batch {args.batch}): {speed['seconds_per_step']:.1f} with a reference "
+                  f"forward every step ({speed['steps']} steps) -> {runs['dpo-steered']['seconds_per_step']:.1f} with "
+                  "precomputed reference log-probs (TRL 1.16 switches padding_free off: not measured)."]
     stage_times = {k: v.get("stage_seconds") for k, v in {**runs, **evals}.items()}
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items() if v)]
     text = "\n".join(lines)

@@ -190,3 +190,28 @@ def test_echo_of_example_titles_and_phrases(tmp_path):
     assert echo[("Some Other Paper", "negative")] is True
     assert echo[("Some Other Paper", "positive")] is True  # caught by the 4-gram share
     assert f.filter(pl.col("title") == "Some Other Paper")["echo_share"].max() > 0.3
+
+
+def test_dropped_rows_are_kept_with_their_reasons(templates):
+    ts = titles(6)
+    texts = {(ts[0], "negative"): "   ", (ts[1], "positive"): "   "}
+    out = build(gens(ts, texts), ts, templates, BuildConfig(formats="both", validation_fraction=0.0,
+                                                            near_duplicate=1.0))
+    gone = out.dropped["paired"]
+    assert gone.height == out.stats["pairs_dropped"] == 2
+    assert set(gone.get_column("title")) == {ts[0], ts[1]} and gone.get_column("split").to_list() == ["train"] * 2
+    by_title = {r["title"]: r for r in gone.iter_rows(named=True)}
+    # an empty text is also about no paper: every rule it fails is listed
+    assert by_title[ts[0]]["chosen_reasons"][0] == "empty" and by_title[ts[0]]["rejected_reasons"] == []
+    assert by_title[ts[0]]["drop_reasons"] == by_title[ts[0]]["chosen_reasons"]
+    assert by_title[ts[1]]["rejected_reasons"][0] == "empty" and by_title[ts[1]]["chosen_reasons"] == []
+    # the kept rows are what they were; the dropped ones have the kept columns plus the reasons
+    kept_cols = out.frames["paired"]["train"].columns
+    assert gone.columns[:len(kept_cols)] == kept_cols
+    assert not set(out.frames["paired"]["train"].get_column("title")) & {ts[0], ts[1]}
+    # unpaired: each side says why, or that only the other review of its pair failed
+    u = {(r["title"], r["label"]): r["drop_reasons"][0] for r in out.dropped["unpaired"].iter_rows(named=True)}
+    assert u == {(ts[0], True): "empty", (ts[0], False): "other_side",
+                 (ts[1], True): "other_side", (ts[1], False): "empty"}
+    off = build(gens(ts, texts), ts, templates, BuildConfig(validation_fraction=0.0, keep_dropped=False))
+    assert off.dropped == {}

@@ -336,3 +336,15 @@ def test_cli_publishes_and_prints_the_revision(hub, tmp_path):
     assert result["revision"] == hub.head(REPO) and result["tag"] == "v1" and hub.commit_count == 1
     assert TOKEN not in proc.stdout + proc.stderr
 
+
+
+def test_dropped_rows_are_published_only_when_asked(hub, cfg, tmp_path):
+    folder = make_dataset(tmp_path / "ds")
+    (folder / "dropped").mkdir()
+    pl.DataFrame({"title": ["x"], "drop_reasons": [["empty"]]}).write_parquet(folder / "dropped" / "paired.parquet")
+    [res] = publish(folder, cfg)
+    assert not any(p.startswith("dropped/") for p in hub.files(REPO, res.revision))
+    [res] = publish(folder, replace(cfg, include_dropped=True))
+    assert "dropped/paired.parquet" in hub.files(REPO, res.revision)
+    [res] = publish(folder, cfg)  # switched off again: the remote copy goes, like any stale data file
+    assert not any(p.startswith("dropped/") for p in hub.files(REPO, res.revision))

@@ -56,6 +56,8 @@ class BuildConfig:
     inconsistent: Literal["drop", "flag", "keep"] = opt(
         "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
                 "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")
+    keep_dropped: bool = opt(True, "write the rows the filters dropped to dropped/<config>.parquet with their reasons "
+                                   "(read by `prefsynth view`; no dataset config or trainer reads them)")
     shuffle_seed: int = opt(0, "seed for the order of unpaired rows")
     license: str = opt("apache-2.0", "license written into the dataset card")
     lock_timeout: float = opt(0.0, "seconds to wait for another build of the same output folder")
@@ -68,6 +70,7 @@ class BuildConfig:
 class Built:
     frames: dict[str, dict[str, pl.DataFrame]]  # config -> split -> rows
     stats: dict[str, object] = field(default_factory=dict)
+    dropped: dict[str, pl.DataFrame] = field(default_factory=dict)  # config -> dropped rows (+ split, drop_reasons)
 
 
 def assign_splits(titles: list[str], cfg: BuildConfig, previous: dict[str, str] | None = None) -> dict[str, str]:
@@ -164,6 +167,7 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
         stats["judge_agreement"] = round(float(agree.mean()), 4) if len(agree) else float("nan")
     stats["dropped"] = drops
     stats["pairs_dropped"] = int(pairs.get_column("_drop").sum())
+    pairs = pairs.with_columns(_reasons(flagged, cfg, judge_cols))
     kept = pairs.filter(~pl.col("_drop")).sort("title")
     stats["pairs_kept"] = kept.height
     if kept.height == 0:
@@ -188,17 +192,42 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     if judge_cols:
         jmeta += [pl.col("consistent")]
     frames: dict[str, dict[str, pl.DataFrame]] = {}
-    paired = kept.select(prompt_expr.alias("prompt"), chosen_expr.alias("chosen"), rejected_expr.alias("rejected"),
-                         *meta, *jmeta, pl.col("split"))
+    columns = [prompt_expr.alias("prompt"), chosen_expr.alias("chosen"), rejected_expr.alias("rejected"), *meta,
+               *jmeta]
+    paired = kept.select(*columns, pl.col("split"))
+    gone = pairs.filter(pl.col("_drop")).sort("title")
+    dropped: dict[str, pl.DataFrame] = {}
     if "paired" in cfg.config_names():
         frames["paired"] = {s: paired.filter(pl.col("split") == s).drop("split") for s in SPLITS}
+        dropped["paired"] = gone.select(*columns, "split", "drop_reasons", "chosen_reasons", "rejected_reasons")
     if "unpaired" in cfg.config_names():
         frames["unpaired"] = {s: _unpaired(kept.filter(pl.col("split") == s), cfg, prompt_expr, judge_cols)
                               for s in SPLITS}
+        dropped["unpaired"] = _unpaired(gone, cfg, prompt_expr, judge_cols, ["split"], "reasons")
     stats["rows"] = {c: {s: f.height for s, f in d.items()} for c, d in frames.items()}
     values = list(splits.values())
     stats["split_titles"] = {s: values.count(s) for s in SPLITS}
-    return Built(frames, stats)
+    return Built(frames, stats, dropped if cfg.keep_dropped else {})
+
+
+def _reasons(flagged: pl.DataFrame, cfg: BuildConfig, judge_cols: list[str]) -> list[pl.Expr]:
+    """Why each pair was dropped: per side, the filters it failed (plus "inconsistent" when its judged polarity
+    contradicts its label and such pairs are dropped), and for the pair all of them. Empty for kept pairs."""
+    bad = [c for c in flagged.columns if c.startswith("bad_")]
+    sign = 1 if cfg.chosen == "negative" else -1
+    judged = "judge_negative" in judge_cols and cfg.inconsistent == "drop"
+
+    def side(suffix: str, wrong: pl.Expr) -> pl.Expr:
+        parts = [pl.when(pl.col(f"{c}{suffix}")).then(pl.lit(c[4:])) for c in bad]
+        if judged:
+            parts.append(pl.when(wrong.fill_null(False)).then(pl.lit("inconsistent")))
+        return pl.concat_list(parts).list.drop_nulls()
+
+    wrong_c = sign * (pl.col("judge_negative") - 0.5) <= 0 if judged else pl.lit(False)
+    wrong_r = sign * (0.5 - pl.col("judge_negative_r")) <= 0 if judged else pl.lit(False)
+    c, r = side("", wrong_c).alias("chosen_reasons"), side("_r", wrong_r).alias("rejected_reasons")
+    both = pl.concat_list(side("", wrong_c), side("_r", wrong_r)).list.unique(maintain_order=True)
+    return [c, r, both.alias("drop_reasons")]
 
 
 def flag_all(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
@@ -237,17 +266,24 @@ def _rate(df: pl.DataFrame, col: str) -> float:
     return round(float((~df.get_column(col)).mean()), 4) if df.height else 0.0
 
 
-def _unpaired(pairs: pl.DataFrame, cfg: BuildConfig, prompt_expr: pl.Expr, judge_cols: list[str]) -> pl.DataFrame:
+def _unpaired(pairs: pl.DataFrame, cfg: BuildConfig, prompt_expr: pl.Expr, judge_cols: list[str],
+              extra: list[str] | None = None, reasons: str | None = None) -> pl.DataFrame:
     """Two rows per pair. Desirable and undesirable rows are shuffled separately and interleaved, so every
-    consecutive pair of rows holds one of each: any batch of even size mixes labels (KTO needs that)."""
+    consecutive pair of rows holds one of each: any batch of even size mixes labels (KTO needs that). Dropped rows
+    (`reasons` set) carry their side's reasons, or "other_side" when only the other review of the pair failed."""
     def side(suffix: str, label: bool) -> pl.DataFrame:
+        more = [pl.col(c) for c in extra or []]
+        if reasons:
+            own = pl.col("chosen_reasons" if label else "rejected_reasons")
+            more.append(pl.when(own.list.len() > 0).then(own).otherwise(pl.lit(["other_side"]))
+                        .alias("drop_reasons"))
         completion = (_messages("assistant", f"review{suffix}") if cfg.conversational else pl.col(f"review{suffix}"))
         return pairs.select(
             prompt_expr.alias("prompt"), completion.alias("completion"), pl.lit(label).alias("label"),
             pl.col("title"), pl.col(f"key{suffix}").alias("key"),
             pl.col(f"finish_reason{suffix}").alias("finish_reason"),
             pl.col(f"completion_tokens{suffix}").alias("tokens"),
-            *[pl.col(f"{c}{suffix}").alias(c) for c in judge_cols],
+            *[pl.col(f"{c}{suffix}").alias(c) for c in judge_cols], *more,
         ).sample(fraction=1.0, shuffle=True, seed=cfg.shuffle_seed + (1 if label else 2))
 
     good, bad = side("", True), side("_r", False)

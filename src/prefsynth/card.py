@@ -94,6 +94,10 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
                       "sampled only when the earlier ones failed a filter or the judge): "
                       f"{s.get('candidates_generated')} generated for {s.get('reviews_wanted')} reviews, "
                       f"{s.get('reviews_with_a_clean_candidate')} of which got one that passed every filter."]
+        if c.dropped:
+            lines += ["", f"The {c.dropped_rows} rows the filters dropped are kept beside the data in "
+                      f"`{next(iter(c.dropped))}` with their reasons (`drop_reasons`); no config reads them "
+                      "(`prefsynth view` shows them)."]
         if s.get("dropped"):
             lines += ["", "| filter | pairs hit |", "|---|---|",
                       *[f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())]]

@@ -13,6 +13,7 @@ DEFAULT_OUT = OUT_DIR / "reviewer2"  # what `make paired` writes and `make train
 # The dataset's shape: two configs (Hub "subsets"), each with the same two splits.
 CONFIG_NAMES = ("paired", "unpaired")
 SPLITS = ("train", "validation")
+DROPPED_DIR = "dropped"  # <out>/dropped/<config>.parquet: rows a filter removed, with reasons; no config reads it
 MANIFEST = "prefsynth.json"  # the machine-readable record beside the card; read and written by prefsynth.manifest
 
 # Which trainer reads which config.

@@ -25,6 +25,8 @@ class ConfigEntry:
     stats: dict[str, Any]  # the build stage's counts (rows, drops per filter, noise rates)
     provenance: dict[str, Any]  # model, templates, sampling, titles, reproducing command, packages
     built: str  # ISO time this config was last written
+    dropped: dict[str, str] = field(default_factory=dict)  # dropped/<config>.parquet -> sha256 (none: not kept)
+    dropped_rows: int = 0
 
     @property
     def license(self) -> str:

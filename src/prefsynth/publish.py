@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from prefsynth import hub
-from prefsynth.constants import CONFIG_NAMES, DEFAULT_HUB
+from prefsynth.constants import CONFIG_NAMES, DEFAULT_HUB, DROPPED_DIR
 from prefsynth.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class PublishConfig:
     commit_message: str = field(
         default="", metadata={"help": "commit title; empty: 'prefsynth: publish <configs>'"}
     )  # empty = generated
+    include_dropped: bool = field(
+        default=False, metadata={"help": "also upload dropped/ (the rows the filters removed, with reasons)"}
+    )  # off: the rows are for reading locally; a repo gets what its configs hold
 
     def validate(self) -> None:
         """Offline checks (repo id, endpoint URL): lets a pipeline fail before hours of generation, not after."""
@@ -137,7 +140,7 @@ def _card_paths(entry: dict) -> list[str]:
     return out
 
 
-def _scan(folder: Path) -> tuple[dict[str, Path], list[str], dict | None, str]:
+def _scan(folder: Path, include_dropped: bool = False) -> tuple[dict[str, Path], list[str], dict | None, str]:
     """Files to upload, configs present, and the card. Raises UserError when the folder is not a built dataset."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -147,6 +150,8 @@ def _scan(folder: Path) -> tuple[dict[str, Path], list[str], dict | None, str]:
         rel = path.relative_to(folder)
         # hidden files (locks, caches) and leftovers of an interrupted atomic write are not part of the dataset
         if any(part.startswith(".") for part in rel.parts) or ".tmp-" in path.name or ".old-" in path.name:
+            continue
+        if rel.parts[0] == DROPPED_DIR and not include_dropped:
             continue
         if path.is_file():
             files[rel.as_posix()] = path
@@ -192,12 +197,13 @@ def _card_for(meta: dict | None, body: str, config: str) -> bytes:
 
 
 def _targets(folder: Path, cfg: PublishConfig) -> list[_Target]:
-    files, configs, meta, body = _scan(folder)
+    files, configs, meta, body = _scan(folder, cfg.include_dropped)
     if not cfg.split_repos:
         return [_Target(cfg.repo_id, configs, dict(files))]
     out = []
     for c in configs:
-        chosen: dict[str, Path | bytes] = {p: f for p, f in files.items() if p.startswith(f"{c}/")}
+        chosen: dict[str, Path | bytes] = {p: f for p, f in files.items()
+                                           if p.startswith(f"{c}/") or p == f"{DROPPED_DIR}/{c}.parquet"}
         chosen["README.md"] = _card_for(meta, body, c)
         out.append(_Target(f"{cfg.repo_id}-{c}", [c], chosen))
     return out
@@ -205,8 +211,8 @@ def _targets(folder: Path, cfg: PublishConfig) -> list[_Target]:
 
 def _is_stale(path: str) -> bool:
     """Remote files a new version removes when they are not in the folder: data under a config folder (a stray
-    shard would be read by `load_dataset`) and top-level plots. Anything else a person added stays."""
-    return path.split("/", 1)[0] in CONFIG_NAMES or ("/" not in path and path.endswith(".png"))
+    shard would be read by `load_dataset`), dropped rows and top-level plots. Anything else a person added stays."""
+    return path.split("/", 1)[0] in (*CONFIG_NAMES, DROPPED_DIR) or ("/" not in path and path.endswith(".png"))
 
 
 # ---------------------------------------------------------------------------------------------------------- publish

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefsynth.build import Built, parquet_bytes
 from prefsynth.card import render_card
-from prefsynth.constants import MANIFEST, SPLITS
+from prefsynth.constants import DROPPED_DIR, MANIFEST, SPLITS
 from prefsynth.fsutil import FileLock, atomic_dir, check_writable_dir
 from prefsynth.manifest import ConfigEntry, Manifest
 
@@ -39,13 +39,21 @@ def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, s
                 # An empty split is left out (file and card): `datasets` refuses a split with no rows.
                 if frames[split].height:
                     blobs[f"{config}/{split}.parquet"] = parquet_bytes(frames[split])
+        # Rows a filter dropped: beside the configs, never inside one (load_dataset and the trainers read configs).
+        gone = {c: f"{DROPPED_DIR}/{c}.parquet" for c in built.frames if c in built.dropped}
+        for c, rel in gone.items():
+            blobs[rel] = parquet_bytes(built.dropped[c])
         files = {k: v for k, v in ((k, hashlib.sha256(v).hexdigest()) for k, v in blobs.items())}
 
         def files_of(config: str) -> dict[str, str]:
             return {k: v for k, v in files.items() if k.startswith(f"{config}/")}
 
+        def dropped_of(config: str) -> dict[str, str]:
+            return {gone[config]: files[gone[config]]} if config in gone else {}
+
         changed_configs = [c for c in built.frames
-                           if c not in old.configs or old.configs[c].files != files_of(c)]
+                           if c not in old.configs or old.configs[c].files != files_of(c)
+                           or old.configs[c].dropped != dropped_of(c)]
         merged_splits = {**old.splits, **splits}
         if not changed_configs and merged_splits == old.splits and (out / "README.md").exists():
             return WriteResult(out, False, old.version, files)
@@ -56,13 +64,15 @@ def write_dataset(out: Path, built: Built, provenance: dict, splits: dict[str, s
         for c in changed_configs:
             manifest.configs[c] = ConfigEntry(files=files_of(c), rows={s: built.frames[c][s].height for s in SPLITS},
                                               columns=built.frames[c]["train"].columns, stats=built.stats,
-                                              provenance=provenance, built=now)
+                                              provenance=provenance, built=now, dropped=dropped_of(c),
+                                              dropped_rows=built.dropped[c].height if c in gone else 0)
         with atomic_dir(out, keep=True) as tmp:
             for c in changed_configs:  # files of a split that is now empty must not linger
                 for split in SPLITS:
                     (tmp / c / f"{split}.parquet").unlink(missing_ok=True)
+                (tmp / DROPPED_DIR / f"{c}.parquet").unlink(missing_ok=True)
             for rel, data in blobs.items():
-                if rel.split("/")[0] in changed_configs:
+                if rel.split("/")[0] in changed_configs or rel in [gone[c] for c in changed_configs if c in gone]:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / rel).write_bytes(data)
             for name, data in (plots or {}).items():
