@@ -59,8 +59,10 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
-	    >/dev/null; } || echo "make install: could not install chromium chromium-driver with apt-get; the browser test will skip (fail on CI)"; \
-	else echo "make install: chromium and chromium-driver are missing (needs root and apt-get); the browser test will skip (fail on CI)"; fi
+	    >/dev/null; } || echo "make install: apt-get could not install chromium chromium-driver;" \
+	                          "the browser test will skip (fail on CI)"; \
+	else echo "make install: chromium and chromium-driver are missing (installing them needs root and apt-get);" \
+	          "the browser test will skip (fail on CI)"; fi
 
 $(VENV)/.installed-$(DEVICE): pyproject.toml requirements/$(DEVICE).txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -191,7 +191,9 @@ def test_page_in_chromium_filters_searches_opens_and_escapes(server, folder, bro
         renders[0] = d.execute_script("return window.__view.renders")
         WebDriverWait(d, 15).until(lambda _: check())
 
-    cards = lambda: d.find_elements(By.CSS_SELECTOR, "#rows article.row")  # noqa: E731
+    def cards():
+        return d.find_elements(By.CSS_SELECTOR, "#rows article.row")
+
     d.get(server.url)
     rendered()
     assert len(cards()) == min(50, x["kept"])

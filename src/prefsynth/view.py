@@ -96,7 +96,7 @@ class Table:
     """One config's rows, kept and dropped, with what the page needs computed once."""
 
     config: str
-    frame: pl.DataFrame  # every column, plus _id, split, status, drop_reasons and _text_<column>
+    frame: pl.DataFrame  # every column, plus _id, split, status and drop_reasons
     index: pl.DataFrame  # the narrow columns queries filter and sort on (no texts: filtering never copies them)
     texts: list[str]
     scores: list[str]
@@ -124,7 +124,6 @@ class Table:
         floats = [c for c, t in frame.schema.items() if t.is_float()]
         frame = frame.with_columns(pl.col(c).fill_nan(None) for c in floats)  # JSON has no NaN
         texts = [c for c in MESSAGE_COLUMNS if c in frame.columns]
-        frame = frame.with_columns(_text(frame.schema, c).alias(f"_text_{c}") for c in texts)
         frame = frame.with_row_index("_id")
         scores = [c for c in floats if "judge" in c]
         scores.sort(key=lambda c: (not c.endswith("judge_negative"), c))  # the combined judge first
@@ -178,12 +177,13 @@ class Table:
         offset, limit = int(_number(q, "offset", 0)), int(_number(q, "limit", 50))
         if offset < 0 or not 0 < limit <= PAGE_LIMIT:
             raise BadRequest(f"offset must be >= 0 and limit 1..{PAGE_LIMIT}")
-        page = self.frame[ids.slice(offset, limit).to_list()].select(
+        page = self.frame[ids.slice(offset, limit).to_list()]
+        texts = {c: _text(page.schema, c) for c in self.texts}  # for this page only: no copy of every text
+        page = page.select(
             "_id", "title", "split", "status", "drop_reasons", *self.scores, *self.flags, *self.extras,
             # a prompt's end says which paper it is about (its start is the same examples in every row)
-            *[(pl.col(f"_text_{c}").str.tail(TEXT_LIMIT) if c == "prompt" else
-               pl.col(f"_text_{c}").str.head(TEXT_LIMIT)).alias(c) for c in self.texts],
-            *[(pl.col(f"_text_{c}").str.len_chars() > TEXT_LIMIT).alias(f"{c}_cut") for c in self.texts])
+            *[(t.str.tail(TEXT_LIMIT) if c == "prompt" else t.str.head(TEXT_LIMIT)).alias(c) for c, t in texts.items()],
+            *[(t.str.len_chars() > TEXT_LIMIT).alias(f"{c}_cut") for c, t in texts.items()])
         return {"config": self.config, "total": len(ids), "rows_all": self.frame.height, "offset": offset,
                 "limit": limit, "rows": page.to_dicts(), "ms": round((time.perf_counter() - t0) * 1000, 1)}
 
@@ -192,7 +192,7 @@ class Table:
             raise BadRequest(f"no row {row_id} in {self.config}")
         row = self.frame.row(row_id, named=True)
         return {"config": self.config, "texts": self.texts, "scores": self.scores, "flags": self.flags,
-                "row": {k: v for k, v in row.items() if not k.startswith("_text_")}}
+                "row": row}
 
 
 def _number(q: dict[str, str], name: str, default: float | None = None) -> float:
@@ -246,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # one line per request would drown the URL line
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         url = urlsplit(self.path)
         # A page on another site could reach 127.0.0.1 through a DNS name it controls (DNS rebinding): only answer
         # requests addressed to this server by its loopback name.
