@@ -51,7 +51,9 @@ def folder(built, tmp_path_factory) -> Path:  # noqa: F811 (built: the imported 
     pl.DataFrame(rows, schema=df.schema).write_parquet(path)
     extra = df.slice(1, len(REASONS)).with_columns(
         pl.col("title") + " (dropped copy)", split=pl.lit("train"),
-        drop_reasons=pl.Series(REASONS, dtype=pl.List(pl.String)))
+        drop_reasons=pl.Series(REASONS, dtype=pl.List(pl.String)),
+        chosen_reasons=pl.Series(REASONS, dtype=pl.List(pl.String)),
+        rejected_reasons=pl.Series([[]] * len(REASONS), dtype=pl.List(pl.String)))
     dropped = out / "dropped" / "paired.parquet"
     if dropped.exists():
         extra = pl.concat([pl.read_parquet(dropped), extra], how="diagonal_relaxed")
@@ -203,6 +205,8 @@ def test_page_in_chromium_filters_searches_opens_and_escapes(server, folder, bro
     rendered(lambda: len(cards()) == x["repeat"])
     assert Select(d.find_element(By.ID, "status")).first_selected_option.get_attribute("value") == "dropped"
     assert all("dropped" in c.get_attribute("class") and "repeat" in c.text for c in cards())
+    sides = [c.find_element(By.CSS_SELECTOR, ".side.chosen .sidehead").text for c in cards()]
+    assert all("repeat" in t for t in sides)  # the side that failed says so
 
     Select(d.find_element(By.ID, "reason")).select_by_value("")
     rendered()

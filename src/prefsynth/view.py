@@ -129,7 +129,9 @@ class Table:
         scores.sort(key=lambda c: (not c.endswith("judge_negative"), c))  # the combined judge first
         flags = [c for c, t in frame.schema.items() if c != "label" and (
             t == pl.Boolean or (t == pl.String and ("valid" in c or c.startswith("bad_"))))]
-        extras = [c for c in frame.columns if c in ("label", "tokens") or c.endswith("_tokens")]
+        # token counts, the label, and which side of a dropped pair failed (chosen_reasons / rejected_reasons)
+        extras = [c for c in frame.columns if c in ("label", "tokens") or c in ("chosen_reasons", "rejected_reasons")
+                  or c.endswith("_tokens")]
         index = frame.select("_id", "split", "status", "drop_reasons", *scores,
                              pl.col("title").cast(pl.String).str.to_lowercase().alias("_title"),
                              pl.col("title").cast(pl.String).alias("_sort_title"))
