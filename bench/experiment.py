@@ -60,7 +60,7 @@ def train_run(args, data: Path, mode: str, out: Path) -> dict:
 
     steps = args.steps
     cfg = TrainConfig(data=str(data), mode=mode, steps=steps, batch_size=args.batch, out=out,
-                      eval_steps=max(1, steps // 8), logging_steps=1, eval=EvalSettings(titles=0))
+                      eval_steps=max(1, steps // 4), logging_steps=1, eval=EvalSettings(titles=0))
     res = train(cfg, log_line=lambda s: print(f"  {mode}: {s}", flush=True))
     m = json.loads((Path(res.out) / "metrics.json").read_text())
     return {"out": res.out, "seconds": m["seconds"], "seconds_per_step": m["seconds_per_step"],

@@ -78,7 +78,8 @@ def plot_curves(results: Path, pairing: str, runs: dict) -> None:
     axes[2].set_title("KTO validation KL and rewards")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"pairing: {pairing}")
     fig.tight_layout()
     fig.savefig(results / f"curves-{pairing}.png", dpi=90)
@@ -113,7 +114,9 @@ def write_results(results: Path, args, built: dict, runs: dict, evals: dict, tab
         lines += ["", f"DPO s/step (steered data, batch {args.batch}): {speed['seconds_per_step']:.1f} with a reference "
                   f"forward every step ({speed['steps']} steps) -> {runs['dpo-steered']['seconds_per_step']:.1f} with "
                   "precomputed reference log-probs (TRL 1.16 switches padding_free off: not measured)."]
-    stage_times = {k: v.get("stage_seconds") for k, v in {**runs, **evals}.items()}
+    stage_times = {**{f"build {k}": v.get("stage_seconds") for k, v in built.items()},
+                   **{f"train {k}": v.get("stage_seconds") for k, v in runs.items()},
+                   **{f"reviews {k}": v.get("stage_seconds") for k, v in evals.items()}}
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items() if v)]
     text = "\n".join(lines)
     print(text, flush=True)

@@ -109,6 +109,20 @@ def hand_off(summary, cfg: PipelineConfig) -> list[dict]:
     return runs
 
 
+def publish_artifacts(summary, cfg: PipelineConfig) -> None:
+    """What the run built, on its page in the Prefect UI: a markdown summary and a table of sample pairs."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from prefsynth import artifacts
+
+    create_markdown_artifact(artifacts.build_markdown(summary, cfg.name),
+                             key=artifacts.artifact_key("dataset", cfg.name), description=f"{cfg.name} v{summary.version}: rows, drops, quality, destination")
+    rows = artifacts.sample_rows(summary.out)
+    if rows:
+        create_table_artifact(rows, key=artifacts.artifact_key("samples", cfg.name),
+                              description=f"{len(rows)} rows of {cfg.name} v{summary.version} (train split)")
+
+
 @flow(name="build-dataset", flow_run_name=_run_name, log_prints=True, persist_result=False)
 def build_dataset(config: dict | None = None, train: bool = False, shards: int = 1) -> dict:
     """Build the preference dataset(s) described by `config` (the `prefsynth build` settings as a nested dict,
@@ -127,6 +141,7 @@ def build_dataset(config: dict | None = None, train: bool = False, shards: int =
     logger = get_run_logger()
     for line in summary.lines():
         logger.info(line)
+    publish_artifacts(summary, cfg)
     result = to_dict(summary)
     result["train_runs"] = hand_off(summary, cfg) if train else []
     return result

@@ -36,6 +36,12 @@ def train(config: dict | None = None) -> dict:
     result = run_train(cfg, step=prefect_step, log_line=logger.info)
     for line in result.lines():
         logger.info(line)
+    from prefect.artifacts import create_markdown_artifact
+
+    from prefsynth import artifacts
+
+    create_markdown_artifact(artifacts.train_markdown(result.out), key=artifacts.artifact_key("train", cfg.mode),
+                             description=f"{cfg.mode.upper()} on {cfg.data}: verdict, evaluation, metrics")
     return to_dict(result)
 
 

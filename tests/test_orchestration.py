@@ -406,3 +406,42 @@ def test_user_errors_are_not_retried(api, tiny_model, tmp_path):
         [collect] = [t for t in client.read_task_runs(flow_run_filter=_by_id(state.state_details.flow_run_id))
                      if t.name.startswith("collect")]
     assert collect.run_count == 1 and collect.state.is_failed()  # collect has retries=2, spent on faults only
+
+
+@pytest.mark.integration
+def test_build_run_publishes_its_artifacts(paired_run, api):
+    """The markdown summary and the sample table of the paired run, read back through the server's API."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with _client() as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[paired_run["flow_run_id"]])))
+    by_type = {a.type: a for a in arts}
+    assert {"markdown", "table"} <= set(by_type), [a.type for a in arts]
+    md = by_type["markdown"]
+    manifest = json.loads((paired_run["out"] / "prefsynth.json").read_text())
+    rows = manifest["configs"]["paired"]["rows"]
+    assert md.key == "dataset-reviewer2" and f"dataset v{manifest['version']}" in md.data
+    assert f"| paired | {rows['train']} | {rows['validation']} |" in md.data
+    assert f"Written to `{paired_run['out']}`" in md.data
+    table = by_type["table"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert len(table) == min(20, rows["train"]) and {"title", "chosen", "rejected"} <= set(table[0])
+
+
+@pytest.mark.integration
+def test_train_run_publishes_its_report(paired_run, api, tmp_path):
+    """A short DPO run of the train flow (in-process, on the paired run's data): its report is a markdown artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    spec = importlib.util.spec_from_file_location("train_flow", ROOT / "flows" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state = module.train(config={"data": str(paired_run["out"]), "mode": "dpo", "steps": 1, "batch_size": 2,
+                                 "out": str(tmp_path / "dpo"), "eval": {"titles": 0}}, return_state=True)
+    assert state.is_completed(), state
+    with _client() as client:
+        [art] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert art.key == "train-dpo" and art.type == "markdown"
+    assert art.data == (tmp_path / "dpo" / "README.md").read_text() and "DPO" in art.data

@@ -149,26 +149,43 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         requests = [Request(k, prompt_for(backend, templates, cfg, *wanted[k][:2]), request_seed(k)) for k in todo]
         from tqdm.auto import tqdm
 
+        from prefsynth.progress import Meter
+
         bar = tqdm(total=len(requests), desc=f"generating ({backend.name})", unit="review", dynamic_ncols=True,
                    disable=progress is not None)
+        meter = Meter(f"generating ({backend.name})", len(requests), cfg.max_tokens,
+                      lambda: backend.tokens_generated, log_without_sink=bar.disable)
+
+        def on_step() -> None:  # between engine steps: the bar moves while every request is still running
+            bar.set_postfix(meter.postfix(), refresh=False)
+            bar.refresh()
+            meter.tick()
+
         t2 = time.time()
+        backend.on_step = on_step
         # Every finished review goes to the journal as it arrives: a crash loses only reviews still in the engine.
-        with store.journal(cfg.fsync_seconds) as journal:
-            for out in backend.generate(requests):
-                title, polarity, _ = wanted[out.key]
-                journal.add({"key": out.key, "title": title, "polarity": polarity,
-                             "text": opening_for(cfg, polarity) + out.text,
-                             "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                             "finish_reason": out.finish_reason, "model": model.name,
-                             "template_hash": templates.hash_for(template_for(polarity)),
-                             "backend": backend.name})
-                stats["generated"] += 1
-                stats["completion_tokens"] += out.completion_tokens
-                stats["prompt_tokens"] += out.prompt_tokens
-                bar.update(1)
-                bar.set_postfix(tok_s=f"{stats['completion_tokens'] / max(time.time() - t2, 1e-9):.0f}")
-                if progress:
-                    progress(int(stats["generated"]), len(requests))
+        try:
+            with store.journal(cfg.fsync_seconds) as journal:
+                for out in backend.generate(requests):
+                    title, polarity, _ = wanted[out.key]
+                    journal.add({"key": out.key, "title": title, "polarity": polarity,
+                                 "text": opening_for(cfg, polarity) + out.text,
+                                 "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                                 "finish_reason": out.finish_reason, "model": model.name,
+                                 "template_hash": templates.hash_for(template_for(polarity)),
+                                 "backend": backend.name})
+                    stats["generated"] += 1
+                    stats["completion_tokens"] += out.completion_tokens
+                    stats["prompt_tokens"] += out.prompt_tokens
+                    meter.finished(out.completion_tokens)
+                    bar.update(1)
+                    bar.set_postfix(meter.postfix())
+                    meter.tick()
+                    if progress:
+                        progress(int(stats["generated"]), len(requests))
+        finally:
+            backend.on_step = None
+        meter.tick(force=True)
         bar.close()
         t_gen = time.time() - t2
         have = store.load(set(wanted))

@@ -68,6 +68,9 @@ def stage(fn: Callable[..., Any], name: str, log: Callable[[str], None],
     """`fn` plus a log line about its result; `on_error` runs when it fails for a reason other than the user's
     (generation uses it to drop a possibly broken engine, so a retry starts a fresh one)."""
     def run_stage(*args: Any, **kwargs: Any) -> Any:
+        from prefsynth import progress
+
+        token = progress.sink.set(log)  # progress lines of long stages go where this stage's lines go
         try:
             result = fn(*args, **kwargs)
         except UserError:
@@ -76,6 +79,8 @@ def stage(fn: Callable[..., Any], name: str, log: Callable[[str], None],
             if on_error is not None:
                 on_error()
             raise
+        finally:
+            progress.sink.reset(token)
         if (line := describe(name, result)) is not None:
             log(line)
         return result

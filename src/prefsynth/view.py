@@ -23,13 +23,12 @@ from urllib.parse import parse_qs, urlsplit
 import polars as pl
 
 from prefsynth import hub
-from prefsynth.constants import CONFIG_NAMES, MANIFEST
+from prefsynth.constants import CONFIG_NAMES, DROPPED_DIR, MANIFEST
 from prefsynth.errors import UserError, one_line
 
 TEXT_LIMIT = 600  # characters of each text in a list row; an opened row has all of them
 PAGE_LIMIT = 500  # most rows one /api/rows answer carries
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
-DROPPED = "dropped"  # <out>/dropped/<config>.parquet: rows the filters removed, with split and drop_reasons
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -108,7 +107,7 @@ class Table:
         parts = [_read(p).with_columns(split=pl.lit(p.stem), status=pl.lit("kept"),
                                        drop_reasons=pl.lit([], dtype=pl.List(pl.String)))
                  for p in sorted((folder / config).glob("*.parquet"))]
-        dropped = folder / DROPPED / f"{config}.parquet"
+        dropped = folder / DROPPED_DIR / f"{config}.parquet"
         if dropped.exists():
             d = _read(dropped)
             d = d.with_columns(status=pl.lit("dropped"),

@@ -8,7 +8,7 @@ registry (`prefsynth.engines.registry`) picks, loads and caches one per process.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,10 @@ def plain_chat(messages: list[dict]) -> str:
 class Backend(ABC):
     name: str
     in_process = False  # True when the engine has no worker processes of its own to stop
+    # Tokens generated so far, in-flight requests included, for engines that can tell (None: only at the end);
+    # `on_step` is called after every engine step while requests run (prefsynth.progress uses both).
+    tokens_generated: int | None = None
+    on_step: Callable[[], None] | None = None
 
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         self.model = model

@@ -78,6 +78,8 @@ class VLLMBackend(Backend):
             cpu_sampler.install_fast_sampler()
         from vllm import LLM
 
+        self.tokens_generated = 0
+        self._seen: dict[str, int] = {}  # request id -> tokens counted so far (outputs are cumulative)
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # noqa: BLE001 - engine start failures are configuration problems
@@ -96,7 +98,17 @@ class VLLMBackend(Backend):
     def _drain(self) -> Iterator:
         engine = self.llm.llm_engine
         while engine.has_unfinished_requests():
-            for out in engine.step():
+            outs = engine.step()
+            for out in outs:
+                n = len(out.outputs[0].token_ids) if out.outputs else 0
+                self.tokens_generated += n - self._seen.get(out.request_id, 0)
+                if out.finished:
+                    self._seen.pop(out.request_id, None)
+                else:
+                    self._seen[out.request_id] = n
+            if self.on_step is not None:
+                self.on_step()
+            for out in outs:
                 if out.finished:
                     yield out
 
