@@ -33,3 +33,15 @@ def test_vllm_and_transformers_agree_on_label_logprobs(tiny_model, vllm_cfg, tra
     assert all(1 <= o.completion_tokens <= 8 and o.finish_reason in ("stop", "length") for o in outs)
     again = {o.key: o.text for o in vb.generate(reqs)}
     assert again == {o.key: o.text for o in outs}  # per-request seeds: the same request, the same review
+
+    # Progress: between engine steps the running count includes requests still in flight, and at the end it has
+    # grown by exactly the tokens of the finished reviews.
+    seen, finished = [], []
+    start = vb.tokens_generated
+    vb.on_step = lambda: seen.append((vb.tokens_generated - start, len(finished)))
+    try:
+        finished += [o.completion_tokens for o in vb.generate(reqs)]
+    finally:
+        vb.on_step = None
+    assert vb.tokens_generated - start == sum(finished)
+    assert any(tokens > 0 and done == 0 for tokens, done in seen), seen  # counted before anything finished

@@ -78,8 +78,7 @@ class VLLMBackend(Backend):
             cpu_sampler.install_fast_sampler()
         from vllm import LLM
 
-        self.tokens_generated = 0
-        self._seen: dict[str, int] = {}  # request id -> tokens counted so far (outputs are cumulative)
+        self._finished_tokens = 0
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # noqa: BLE001 - engine start failures are configuration problems
@@ -99,18 +98,23 @@ class VLLMBackend(Backend):
         engine = self.llm.llm_engine
         while engine.has_unfinished_requests():
             outs = engine.step()
-            for out in outs:
-                n = len(out.outputs[0].token_ids) if out.outputs else 0
-                self.tokens_generated += n - self._seen.get(out.request_id, 0)
-                if out.finished:
-                    self._seen.pop(out.request_id, None)
-                else:
-                    self._seen[out.request_id] = n
+            self._finished_tokens += sum(len(o.outputs[0].token_ids) for o in outs if o.finished and o.outputs)
             if self.on_step is not None:
                 self.on_step()
             for out in outs:
                 if out.finished:
                     yield out
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens of finished requests plus those the running ones have so far. `LLM` asks the engine for final
+        outputs only, so the running counts come from the in-process scheduler (an engine in its own process,
+        e.g. on GPUs, reports finished requests only)."""
+        try:
+            running = self.llm.llm_engine.engine_core.engine_core.scheduler.running
+            return self._finished_tokens + sum(r.num_output_tokens for r in running)
+        except AttributeError:
+            return self._finished_tokens
 
     def generate(self, requests: list[Request]) -> Iterator[Output]:
         params = [self._params(r.seed) for r in requests]
