@@ -156,9 +156,13 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         meter = Meter(f"generating ({backend.name})", len(requests), cfg.max_tokens,
                       lambda: backend.tokens_generated, log_without_sink=bar.disable)
 
+        shown = [0.0]
+
         def on_step() -> None:  # between engine steps: the bar moves while every request is still running
-            bar.set_postfix(meter.postfix(), refresh=False)
-            bar.refresh()
+            if time.time() - shown[0] >= 1.0:  # a redraw per engine step would flood logs and pipes
+                shown[0] = time.time()
+                bar.set_postfix(meter.postfix(), refresh=False)
+                bar.refresh()
             meter.tick()
 
         t2 = time.time()
@@ -178,8 +182,8 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
                     stats["completion_tokens"] += out.completion_tokens
                     stats["prompt_tokens"] += out.prompt_tokens
                     meter.finished(out.completion_tokens)
+                    bar.set_postfix(meter.postfix(), refresh=False)
                     bar.update(1)
-                    bar.set_postfix(meter.postfix())
                     meter.tick()
                     if progress:
                         progress(int(stats["generated"]), len(requests))
