@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+from pathlib import Path
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,15 @@ class ClientSettings:
 
 
 # ---------------------------------------------------------------------------------------------------------- where
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_local(path: str) -> bool:
+    """Whether a dataset argument names a local folder rather than a Hub repo namespace/name: it exists, or starts
+    like a path, or is not shaped like a repo id."""
+    return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or not _REPO_ID.fullmatch(path)
 
 
 def check_repo_id(repo_id: str, suffixes: tuple[str, ...] = ()) -> None:

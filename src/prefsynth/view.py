@@ -10,7 +10,6 @@ Why this design and the measured figures: docs/viewer.md.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import threading
 import time
@@ -29,7 +28,6 @@ from prefsynth.errors import UserError, one_line
 TEXT_LIMIT = 600  # characters of each text in a list row; an opened row has all of them
 PAGE_LIMIT = 500  # most rows one /api/rows answer carries
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 class BadRequest(Exception):
@@ -42,7 +40,7 @@ class BadRequest(Exception):
 def resolve(path: str) -> Path:
     """The local folder for PATH: the folder itself, or a Hub dataset repo downloaded through the Hub cache."""
     folder = Path(path).expanduser()
-    if folder.exists() or path.startswith((".", "/", "~")) or not _REPO_ID.fullmatch(path):
+    if hub.is_local(path):
         if not folder.is_dir():
             raise UserError(f"{path} is not a folder (nor a Hub dataset repo id namespace/name)")
         return folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,12 +12,7 @@ from prefsynth.constants import DEFAULT_OUT, OUT_DIR
 from prefsynth.errors import UserError
 
 DEFAULT_BATCH = {"dpo": 10, "kto": 16}  # the Reviewer #2 schedule; DPO counts steps, KTO epochs (TrainConfig)
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
-def is_local(data: str) -> bool:
-    """Whether --data names a local folder (else a Hub dataset repo namespace/name)."""
-    return Path(data).expanduser().exists() or data.startswith((".", "/", "~")) or not _REPO_ID.fullmatch(data)
+is_local = hub.is_local  # whether --data names a local folder (else a Hub dataset repo namespace/name)
 
 
 @dataclass
