@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield experiment dpo-speed judge-eval judge-train validity-eval clean
+.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-peers experiment dpo-speed judge-eval judge-train validity-eval clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
@@ -45,6 +45,7 @@ help:
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
 	@echo "make bench-yield       pairs kept, valid pairs and cost at 1, 2 and 4 candidates per review"
+	@echo "make bench-peers N=300 the same job through prefsynth, distilabel and curator: speed and a crash each (ARGS=)"
 	@echo "make experiment        steered vs sampled pairs x DPO/KTO, judged on held-out titles (ARGS=, ~see docs/training.md)"
 	@echo "make dpo-speed         DPO seconds per step before/after precomputed reference log-probs"
 	@echo "make judge-eval        accuracy of each polarity judge on real and generated reviews (95% intervals)"
@@ -135,6 +136,11 @@ engine-stop:
 # Yield at the source (docs/quality.md): kept and valid pairs and generation cost at 1, 2 and 4 candidates
 bench-yield: install
 	$(PY) bench/yield_table.py $(if $(N),--n $(N)) $(ARGS)
+
+# The same job through prefsynth, distilabel and curator (each from its own venv under .state/peers), one vLLM
+# server for all: speed side by side and a SIGKILL at half way each (docs/peers.md)
+bench-peers: install
+	$(PY) bench/peers/run.py $(if $(N),--n $(N)) $(ARGS)
 
 # Steered vs sampled pairs, DPO and KTO, on held-out titles: bench/results/experiment/ (resumes when rerun)
 experiment: install
