@@ -59,6 +59,30 @@ def is_local(path: str) -> bool:
     return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or not _REPO_ID.fullmatch(path)
 
 
+def download_dataset(repo_id: str, endpoint: str, allow_patterns: list[str], revision: str | None = None) -> Path:
+    """A dataset repo's files (those matching `allow_patterns`) at `revision`, through the Hub cache; every way it
+    can fail is one UserError line."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    at = f"@{revision}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, endpoint=endpoint,
+                                      allow_patterns=allow_patterns))
+    except RevisionNotFoundError:
+        raise UserError(f"dataset {repo_id} on {endpoint} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"dataset repo {repo_id} not found on {endpoint} (or the token may not read it), and "
+                        f"there is no local folder of that name") from None
+    except LocalEntryNotFoundError:
+        raise UserError(f"dataset {repo_id}{at} is not in the local Hugging Face cache and {endpoint} cannot be "
+                        f"reached (offline?)") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise UserError(f"downloading dataset {repo_id}{at} failed: {describe(e, endpoint)}") from None
+
+
 def check_repo_id(repo_id: str, suffixes: tuple[str, ...] = ()) -> None:
     """A UserError unless `repo_id` is namespace/name by the Hub's rules, also with each of `suffixes` appended."""
     if not repo_id:

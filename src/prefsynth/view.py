@@ -48,22 +48,8 @@ def resolve(path: str) -> Path:
 
 
 def download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     hub.check_repo_id(repo_id)
-    endpoint = hub.resolve_endpoint(None)
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", endpoint=endpoint,
-                                      allow_patterns=["*.parquet", MANIFEST]))
-    except RepositoryNotFoundError:
-        raise UserError(f"dataset repo {repo_id} not found on {endpoint} (or the token may not read it), and there "
-                        f"is no local folder of that name") from None
-    except LocalEntryNotFoundError:
-        raise UserError(f"dataset {repo_id} is not in the local Hugging Face cache and {endpoint} cannot be reached "
-                        f"(offline?)") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"downloading dataset {repo_id} failed: {hub.describe(e, endpoint)}") from None
+    return hub.download_dataset(repo_id, hub.resolve_endpoint(None), ["*.parquet", MANIFEST])
 
 
 # -------------------------------------------------------------------------------------------------------- the rows

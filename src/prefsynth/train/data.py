@@ -39,26 +39,9 @@ class Data:
 
 def download(cfg: TrainConfig, config: str) -> tuple[Path, str]:
     """The dataset's files at `cfg.revision` (one config, the manifest and the card), through the Hub cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    endpoint = hub.resolve_endpoint(cfg.endpoint)
     rev = cfg.revision or "main"
-    try:
-        folder = Path(snapshot_download(cfg.data, repo_type="dataset", revision=rev, endpoint=endpoint,
-                                        allow_patterns=[f"{config}/*.parquet", MANIFEST, "README.md"]))
-    except RevisionNotFoundError:
-        raise UserError(f"dataset {cfg.data} on {endpoint} has no revision {rev!r}") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"dataset repo {cfg.data} not found on {endpoint} (or the token may not read it), and "
-                        f"there is no local folder of that name") from None
-    except LocalEntryNotFoundError:
-        raise UserError(f"dataset {cfg.data}@{rev} is not in the local Hugging Face cache and the Hub cannot be "
-                        f"reached (offline?)") from None
-    except HfHubHTTPError as e:
-        raise UserError(f"downloading dataset {cfg.data}@{rev} failed: {' '.join(str(e).split())[:200]}") from None
+    folder = hub.download_dataset(cfg.data, hub.resolve_endpoint(cfg.endpoint),
+                                  [f"{config}/*.parquet", MANIFEST, "README.md"], rev)
     return folder, folder.name  # snapshot folders are named by commit sha
 
 
