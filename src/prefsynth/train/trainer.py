@@ -179,6 +179,7 @@ def build_trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device
     has_eval = data.validation.height > 0 and cfg.eval_steps != 0
     eval_every = cfg.eval_steps or max(1, total // 10)
     ours = cfg.truncation == "prompt"
+    _check_trl_truncation(cfg, data, tokenizer)
     common = dict(
         output_dir=str(work), per_device_train_batch_size=bs, per_device_eval_batch_size=bs,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler,
@@ -243,9 +244,27 @@ def build_trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(BarOnly)
     if len(trainer.train_dataset) == 0:
-        raise UserError(f"every training prompt is at least max_length={cfg.max_length} tokens long, so TRL's "
-                        f"keep_start truncation dropped all examples: use --truncation prompt or raise --max_length")
+        raise _all_dropped(cfg)
     return trainer, total
+
+
+def _all_dropped(cfg: TrainConfig) -> UserError:
+    return UserError(f"every training prompt is at least max_length={cfg.max_length} tokens long, so TRL's "
+                     f"keep_start truncation dropped all examples: use --truncation prompt or raise --max_length")
+
+
+def _check_trl_truncation(cfg: TrainConfig, data: Data, tokenizer) -> None:
+    """With TRL's own truncation, fail before the trainer is built when it would drop every example: a DPO
+    reference precompute would otherwise meet an empty dataset first and fail without saying why."""
+    if cfg.truncation == "prompt" or cfg.max_length is None:
+        return
+    from prefsynth.train.evaluate import render_prompt
+
+    for prompt in data.train.get_column("prompt").to_list():
+        text = render_prompt(tokenizer, prompt)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) < cfg.max_length:
+            return
+    raise _all_dropped(cfg)
 
 
 def pad_id(tokenizer) -> int:
