@@ -203,7 +203,7 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
     if "unpaired" in cfg.config_names():
         frames["unpaired"] = {s: _unpaired(kept.filter(pl.col("split") == s), cfg, prompt_expr, judge_cols)
                               for s in SPLITS}
-        dropped["unpaired"] = _unpaired(gone, cfg, prompt_expr, judge_cols, ["split"], "reasons")
+        dropped["unpaired"] = _unpaired(gone, cfg, prompt_expr, judge_cols, ["split"], with_reasons=True)
     stats["rows"] = {c: {s: f.height for s, f in d.items()} for c, d in frames.items()}
     values = list(splits.values())
     stats["split_titles"] = {s: values.count(s) for s in SPLITS}
@@ -225,9 +225,9 @@ def _reasons(flagged: pl.DataFrame, cfg: BuildConfig, judge_cols: list[str]) -> 
 
     wrong_c = sign * (pl.col("judge_negative") - 0.5) <= 0 if judged else pl.lit(False)
     wrong_r = sign * (0.5 - pl.col("judge_negative_r")) <= 0 if judged else pl.lit(False)
-    c, r = side("", wrong_c).alias("chosen_reasons"), side("_r", wrong_r).alias("rejected_reasons")
-    both = pl.concat_list(side("", wrong_c), side("_r", wrong_r)).list.unique(maintain_order=True)
-    return [c, r, both.alias("drop_reasons")]
+    c, r = side("", wrong_c), side("_r", wrong_r)
+    both = pl.concat_list(c, r).list.unique(maintain_order=True)
+    return [c.alias("chosen_reasons"), r.alias("rejected_reasons"), both.alias("drop_reasons")]
 
 
 def flag_all(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
@@ -267,13 +267,13 @@ def _rate(df: pl.DataFrame, col: str) -> float:
 
 
 def _unpaired(pairs: pl.DataFrame, cfg: BuildConfig, prompt_expr: pl.Expr, judge_cols: list[str],
-              extra: list[str] | None = None, reasons: str | None = None) -> pl.DataFrame:
+              extra: list[str] | None = None, with_reasons: bool = False) -> pl.DataFrame:
     """Two rows per pair. Desirable and undesirable rows are shuffled separately and interleaved, so every
     consecutive pair of rows holds one of each: any batch of even size mixes labels (KTO needs that). Dropped rows
-    (`reasons` set) carry their side's reasons, or "other_side" when only the other review of the pair failed."""
+    (`with_reasons`) carry their side's reasons, or "other_side" when only the other review of the pair failed."""
     def side(suffix: str, label: bool) -> pl.DataFrame:
         more = [pl.col(c) for c in extra or []]
-        if reasons:
+        if with_reasons:
             own = pl.col("chosen_reasons" if label else "rejected_reasons")
             more.append(pl.when(own.list.len() > 0).then(own).otherwise(pl.lit(["other_side"]))
                         .alias("drop_reasons"))

@@ -16,7 +16,6 @@ rerun regenerates nothing). The reviews are scored by
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -120,12 +119,6 @@ def compare(base: Written, tuned: Written, target: str = "negative") -> dict:
 def held_out_titles(all_titles: list[str], used: set[str], n: int) -> list[str]:
     """The first `n` titles of the list that no dataset was built from."""
     return [x for x in all_titles if x not in used][:n]
-
-
-def save_written(w: Written, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    w.rows.write_parquet(folder / f"reviews-{w.name}.parquet")
-    (folder / f"reviews-{w.name}.json").write_text(json.dumps({"seconds": w.seconds}), encoding="utf-8")
 
 
 def base_model(name: str = "bundled") -> ModelRef:
