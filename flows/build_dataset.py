@@ -7,6 +7,9 @@ truth for what was already generated, and it survives crashes that Prefect's cac
 
     prefsynth build --prefect --formats paired --n 50           # what `make paired` runs (in-process)
     prefect deployment run build-dataset/paired --watch          # the same flow on a worker (`make serve`)
+
+With `shards: N` and a `pool`, each round's generation fans out to N `generate-shard/<pool>` runs that any worker of
+that pool may take (prefsynth.fanout); without a pool, the N shards are task runs of this flow, one after another.
 """
 
 from __future__ import annotations
@@ -54,6 +57,74 @@ def _steps(shards: int):
         return generate_sharded
 
     return step
+
+
+def fan_out_to(pool: str, shards: int, cfg: PipelineConfig, config: dict, timeout: float):
+    """The round runner of a build whose shards run on workers of `pool` (prefsynth.fanout says what it does)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    from prefsynth import fanout
+    from prefsynth.errors import UserError
+
+    store = cfg.generate.store
+    if not store:
+        raise UserError(f"shards on workers (pool {pool}) need generate.store: a URL the build and every worker "
+                        "reach, e.g. file:///mnt/shared/prefsynth or s3://bucket/prefix")
+    name = f"{fanout.SHARD_FLOW}/{pool}"
+    # Every worker keeps its own local cache ($PREFSYNTH_HOME on its machine); the store is what they share.
+    worker_config = orchestrate.deep_merge(config, {"generate": {"cache_dir": None, "store": store}})
+    logger = get_run_logger()
+
+    def submit(spec: str, label: str) -> str:
+        try:
+            fr = run_deployment(name, parameters={"config": worker_config, "spec": spec}, timeout=0,
+                                flow_run_name=f"shard {label} of {cfg.name}", tags=["prefsynth", "shard"])
+        except ObjectNotFound:
+            raise UserError(f"this Prefect server has no deployment {name} (`make serve` deploys "
+                            f"{fanout.SHARD_FLOW}/cpu and {fanout.SHARD_FLOW}/gpu)") from None
+        return str(fr.id)
+
+    def read_state(run_id: str) -> tuple[str, str | None]:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(run_id)).state
+        return (state.type.value, state.message) if state else ("SCHEDULED", None)
+
+    def cancel(attempt, state: str) -> None:
+        """A run still queued is Cancelled; a running one Cancelling: its worker stops the process."""
+        from prefect.states import Cancelled, Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(UUID(attempt.run_id), Cancelling() if state == "RUNNING" else Cancelled(),
+                                      force=True)
+        logger.info(f"shard {attempt.label}: run {attempt.run_id} cancelled (the build failed)")
+
+    def run_round(titles, candidate, need, polarities) -> dict:
+        todo = [t for t in titles if any((t, p) in need for p in polarities)]
+        attempts = []
+        for i, part in enumerate(orchestrate.shard(todo, shards) if todo else []):
+            inside = set(part)
+            spec = fanout.ShardSpec(part, candidate, list(polarities),
+                                    sorted([t, p] for t, p in need if t in inside),
+                                    f"{i + 1}/{min(shards, len(todo))}, round {candidate + 1}")
+            key = fanout.write_spec(store, spec)
+            attempts.append(fanout.Attempt(key, spec.label, submit(key, spec.label)))
+        logger.info(f"round {candidate + 1}: {len(attempts)} shard runs of {name} submitted for {len(todo)} titles")
+        fanout.wait_all(attempts, read_state, lambda a: submit(a.spec, a.label), pool=pool, timeout=timeout,
+                        cancel=cancel, log=logger.info)
+        reports = [r for a in attempts for r in fanout.read_reports(store, a.spec) if r["run_id"] == a.run_id]
+        for r in reports:
+            logger.info(f"shard {r['label']}: worker {r['worker'] or '?'} ({r['host']}, cache {r['home']}) generated "
+                        f"{r['generated']:.0f}, took {r['pulled_from_store']:.0f} from the store, judged "
+                        f"{r['judged']:.0f}, in {r['finished'] - r['started']:.1f} s")
+        return {"shard_runs": len(attempts), "resubmitted": sum(a.tries - 1 for a in attempts),
+                **{k: sum(r[k] for r in reports) for k in ("generated", "pulled_from_store", "judged",
+                                                              "completion_tokens")}}
+
+    return run_round
 
 
 def _effective_config(config: dict | None) -> dict:
@@ -124,18 +195,24 @@ def publish_artifacts(summary, cfg: PipelineConfig) -> None:
 
 
 @flow(name="build-dataset", flow_run_name=_run_name, log_prints=True, persist_result=False)
-def build_dataset(config: dict | None = None, train: bool = False, shards: int = 1) -> dict:
+def build_dataset(config: dict | None = None, train: bool = False, shards: int = 1, pool: str | None = None,
+                  shard_timeout: float = 6 * 3600) -> dict:
     """Build the preference dataset(s) described by `config` (the `prefsynth build` settings as a nested dict,
     merged key by key into the deployment's own `config` when run from a deployment).
 
     train: after a successful build (and publish, when configured) that changed the dataset, start `train/dpo`
-    for paired and `train/kto` for unpaired data, without waiting. shards: generate in this many task runs,
-    one after another (each resumable and retried on its own), then build from the merged cache."""
+    for paired and `train/kto` for unpaired data, without waiting. shards: generate in this many parts. pool:
+    None runs them here as task runs, one after another (each resumable and retried on its own); a work pool
+    (`cpu`, `gpu`) runs them as `generate-shard/<pool>` flow runs on its workers, at the same time, through the
+    store `config.generate.store`, waiting at most `shard_timeout` seconds per round."""
     from prefsynth.engines import close_backends
 
-    cfg = orchestrate.pipeline_config(_effective_config(config))
+    effective = _effective_config(config)
+    cfg = orchestrate.pipeline_config(effective)
+    on_workers = pool is not None and shards > 1
     try:
-        summary = run(cfg, step=_steps(shards))
+        summary = run(cfg, step=_steps(1 if on_workers else shards),
+                      fan_out=fan_out_to(pool, shards, cfg, effective, shard_timeout) if on_workers else None)
     finally:
         close_backends()
     logger = get_run_logger()

@@ -49,7 +49,7 @@ deploy_log="$LOG_DIR/deploy.log"
 if [[ -f flows/train.py ]]; then
   names=(--all)
 else
-  names=(-n build-dataset/paired -n build-dataset/unpaired -n build-dataset/refresh)
+  names=(-n build-dataset/paired -n build-dataset/unpaired -n build-dataset/refresh -n generate-shard/cpu -n generate-shard/gpu)
   echo "warning: flows/train.py not found: train/dpo and train/kto not deployed (builds will skip the hand-off)" >&2
 fi
 # PREFSYNTH_ROOT unset here keeps prefect.yaml's "{{ $PREFSYNTH_ROOT }}" a placeholder in the deployments, filled
@@ -58,6 +58,9 @@ if ! env -u PREFSYNTH_ROOT "$PREFECT" --no-prompt deploy "${names[@]}" >"$deploy
   echo "error: prefect deploy failed" >&2; tail_log "$deploy_log" 40; exit 1
 fi
 grep -o "Deployment '[^']*' successfully created" "$deploy_log" | sed "s/^Deployment '\(.*\)' successfully created/deployed \1/"
+
+# Runs of a dead worker become Crashed when their heartbeats stop (Prefect's zombie detection).
+"$PY" flows/automations.py || { echo "error: cannot create the zombie-run automation" >&2; exit 1; }
 
 for pool in ${PREFSYNTH_WORKERS:-cpu gpu}; do
   if alive "$RUN_DIR/worker-$pool.pid"; then

@@ -12,6 +12,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/_prefect_env.sh"
 pool="${1:?usage: scripts/worker.sh <pool: cpu|gpu> [prefect worker start flags]}"
 shift
 export PREFECT_API_URL="${PREFECT_API_URL:-http://$PREFECT_HOST:$PREFECT_PORT/api}"
+# Every flow run sends a heartbeat this often; a run whose heartbeats stop (its machine died) is marked Crashed by
+# the automation `make serve` creates (flows/automations.py), and a build waiting on it submits it again.
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 # How often the worker asks for new runs (Prefect's default, 10 s, is a long wait in front of a short run).
 export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-5}"
 # One run at a time per worker: two builds on one machine would contend for the same generation cache (its lock

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+pytest_plugins = ["prefect_server"]  # the session-wide Prefect server fixtures
 
 # Keep every test off the network and out of the user's own caches. These must be set before huggingface_hub,
 # datasets or prefect are imported anywhere, so they live at module import time.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -55,7 +54,8 @@ def test_prefect_yaml_declares_the_deployments():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     pools = {(d["entrypoint"].split(":")[1], d["name"]): d["work_pool"]["name"] for d in spec["deployments"]}
     assert pools == {("build_dataset", "paired"): "cpu", ("build_dataset", "unpaired"): "cpu",
-                     ("build_dataset", "refresh"): "cpu", ("train", "dpo"): "gpu", ("train", "kto"): "gpu"}
+                     ("build_dataset", "refresh"): "cpu", ("train", "dpo"): "gpu", ("train", "kto"): "gpu",
+                     ("generate_shard", "gpu"): "gpu", ("generate_shard", "cpu"): "cpu"}
     refresh = deployment_spec("refresh")
     assert refresh["schedules"][0]["cron"] == "0 3 * * 1"  # weekly (README documents how to change it)
     assert refresh["parameters"]["config"]["collect"]["n"] is None  # every title of the source
@@ -105,58 +105,6 @@ def test_run_names_say_what_is_built():
 
 
 # ---------------------------------------------------------------------------------------- a real Prefect server
-
-
-def _pids(run_dir: Path) -> dict[str, int]:
-    return {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped) is not running.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
-
-
-@pytest.fixture(scope="session")
-def prefect_server(session_tmp, free_port):
-    """`scripts/serve.sh` with a free port and its own state folder; only the cpu pool gets a worker, so a
-    training run handed off by a build stays queued in the gpu pool. Everything started is stopped afterwards."""
-    state = session_tmp / "state"
-    port = free_port()
-    env = {**os.environ, "PREFSYNTH_STATE": str(state), "PREFECT_PORT": str(port), "PREFSYNTH_WORKERS": "cpu",
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFSYNTH_HOME": str(session_tmp / "home")}
-    env.pop("PREFECT_API_URL", None)
-    url = f"http://127.0.0.1:{port}/api"
-    t0 = time.time()
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "serve.sh")], env=env, capture_output=True, text=True,
-                          timeout=240)
-    started = _pids(state / "run")
-    try:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert set(started) == {"server", "worker-cpu"}, proc.stdout
-        print(f"serve.sh: healthy in {time.time() - t0:.1f}s")
-        yield {"url": url, "env": {**env, "PREFECT_API_URL": url}, "state": state, "serve_output": proc.stdout}
-    finally:
-        stop = subprocess.run(["bash", str(ROOT / "scripts" / "stop.sh")], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert stop.returncode == 0, stop.stdout + stop.stderr
-        time.sleep(0.5)
-        left = {name: pid for name, pid in started.items() if _running(pid)}
-        assert not left, f"still running after stop.sh: {left}"
-        assert not list((state / "run").glob("*.pid"))
-
-
-@pytest.fixture
-def api(prefect_server):
-    """This process's Prefect client settings pointed at the session server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server["url"]}):
-        yield prefect_server
 
 
 def _client():

@@ -64,7 +64,8 @@ def crash(res: dict, total: int) -> list[str]:
         out.append(f"{name:11}{at:>10}{k['kill_wall']:11.1f}{k['resume_wall']:9.1f}{k['lost']:6d}"
                    f"{k['regenerated']:12d}{k['aborted']:8d}  {'yes' if k['same'] else 'no'}"
                    + (f" ({k['note']})" if k.get("note") else ""))
-    out.append("lost: reviews missing from the final dataset; regenerated: answers the server produced again for a "
+    out.append("lost: reviews the uninterrupted run has and the killed-and-rerun one lacks; regenerated: answers the "
+               "server produced again for a "
                "prompt it had already answered; aborted: requests the kill cut off mid-generation.")
     return out
 

@@ -126,7 +126,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
         both = pl.col("judge_llm").is_not_nan() & pl.col("judge_lexicon").is_not_nan()
         flagged = flagged.with_columns(pl.when(both).then((pl.col("judge_llm") > 0.5) == (pl.col("judge_lexicon") > 0.5))
                                        .alias("judges_agree"))
-    judge_cols = [c for c in ("judge_llm", "judge_lexicon", "judge_negative", "judges_agree") if c in flagged.columns]
+    judge_cols = [c for c in ("judge_llm", "judge_lexicon", "judge_text", "judge_negative", "judges_agree")
+                  if c in flagged.columns]
     side = flagged.select(keep_cols + judge_cols + ["polarity"])
     ch = side.filter(pl.col("polarity") == cfg.chosen).drop("polarity")
     rj = side.filter(pl.col("polarity") == rejected_pol).drop("polarity")

@@ -2,7 +2,7 @@
 
 A store is a folder of two kinds of files:
 
-- a **journal** per writing process (`journal-<pid>-<ns>.jsonl`): every finished row is appended and flushed to the
+- a **journal** per writing process (`journal-<pid>-<ns>-<host>.jsonl`): every finished row is appended and flushed to the
   OS at once, so a killed process loses nothing it completed (the OS still holds the bytes); it is fsynced at most
   every `fsync_seconds` against power loss. Each line carries a checksum of its row: a torn last line fails it and
   is skipped, never read as data.
@@ -10,6 +10,10 @@ A store is a folder of two kinds of files:
   (or, for a writer that died, by the next run). A shard is written under a temporary name, fsynced and renamed,
   and its name carries the sha256 of its bytes: a shard that was torn, truncated or edited no longer matches its
   name and is moved to `quarantine/` instead of being read.
+
+A store may sit on a folder several machines mount (`generate.store`, prefsynth.shared_store): every name carries
+the writer's host as well as its pid, and a process only ever compacts or removes the files of dead writers of its
+own host (a pid means nothing on another machine); another host's journals are read as they are.
 
 Rows are keyed; when two files hold the same key (two runs raced, or a crash between compaction and journal
 removal), the oldest wins, so the result does not depend on the order files are listed in.
@@ -27,7 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from prefsynth import faults
-from prefsynth.fsutil import atomic_write_bytes
+from prefsynth.fsutil import HOST, atomic_write_bytes
 
 log = logging.getLogger("prefsynth.cache")
 
@@ -40,6 +44,11 @@ def make_key(**parts: object) -> str:
 
 def _row_sum(row: dict) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _ours_and_dead(pid: str, host: str | None) -> bool:
+    """A file left by a writer of this host that is gone (names without a host predate shared stores: local)."""
+    return (host is None or host == HOST) and pid.isdigit() and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -60,7 +69,7 @@ class Journal:
     def __init__(self, store: Store, fsync_seconds: float = 1.0):
         self.store = store
         store.dir.mkdir(parents=True, exist_ok=True)
-        self.path = store.dir / f"journal-{os.getpid()}-{time.time_ns()}.jsonl"
+        self.path = store.dir / f"journal-{os.getpid()}-{time.time_ns()}-{HOST}.jsonl"
         self._f = open(self.path, "a", encoding="utf-8")
         self.fsync_seconds = fsync_seconds
         self._last_sync = time.monotonic()
@@ -178,7 +187,7 @@ class Store:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
         df = pl.DataFrame(rows, schema=self.schema)
-        tmp = self.dir / f".incoming-{os.getpid()}-{time.time_ns()}.parquet"
+        tmp = self.dir / f".incoming-{os.getpid()}-{time.time_ns()}-{HOST}.parquet"
         df.write_parquet(tmp, compression="zstd", statistics=False)
         data = tmp.read_bytes()
         tmp.unlink()
@@ -198,13 +207,18 @@ class Store:
 
     def sweep(self) -> None:
         """Compact journals of writers that died, and remove temporary files they left (never valid shards).
-        A live writer's files are left alone: its pid is part of every name."""
+        A live writer's files are left alone (its pid is part of every name), and so are other hosts' files."""
         if not self.dir.is_dir():
             return
         for p in self._journals():
-            if not _alive(int(p.stem.split("-")[1])):
+            _, pid, _, *host = p.stem.split("-", 3)
+            if _ours_and_dead(pid, host[0] if host else None):
                 self.compact(p)
-        for p in [*self.dir.glob(".incoming-*"), *self.dir.glob("*.tmp-*")]:
-            pid = p.name.split(".tmp-")[-1] if ".tmp-" in p.name else p.name.split("-")[1]
-            if not (pid.isdigit() and _alive(int(pid))):
+        for p in self.dir.glob(".incoming-*"):
+            _, pid, _, *host = p.stem.split("-", 3)
+            if _ours_and_dead(pid, host[0] if host else None):
+                p.unlink(missing_ok=True)
+        for p in self.dir.glob("*.tmp-*"):  # fsutil.atomic_write_bytes: <name>.tmp-<pid>-<host>
+            pid, _, host = p.name.split(".tmp-")[-1].partition("-")
+            if _ours_and_dead(pid, host or None):
                 p.unlink(missing_ok=True)

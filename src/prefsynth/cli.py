@@ -83,10 +83,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     cfg = parse_into(PipelineConfig, args)
     if args.prefect:  # what `make paired` runs: the build-dataset flow, in this process
-        load_flow("build_dataset", "build_dataset")(to_dict(cfg), train=args.train, shards=args.shards)
+        load_flow("build_dataset", "build_dataset")(to_dict(cfg), train=args.train, shards=args.shards,
+                                                    pool=args.pool)
         return 0
-    if args.shards != 1 or args.train:
-        raise UserError("--shards and --train are options of the Prefect flow: add --prefect")
+    if args.shards != 1 or args.train or args.pool:
+        raise UserError("--shards, --pool and --train are options of the Prefect flow: add --prefect")
     summary = run(cfg)
     _print_summary(summary)
     if args.summary_json:
@@ -242,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", default=None, help="also write the run summary (stats, timings) to this file")
     p.add_argument("--prefect", action="store_true", help="run it as the build-dataset Prefect flow in this process "
                    "(each stage a task run; what `make paired` does)")
-    p.add_argument("--shards", type=int, default=1, help="with --prefect: generate in this many task runs")
+    p.add_argument("--shards", type=int, default=1, help="with --prefect: generate in this many parts")
+    p.add_argument("--pool", default=None, help="with --prefect and --shards N: run the parts as generate-shard/<pool> "
+                   "runs on that pool's workers (needs `make serve`, PREFECT_API_URL and --generate.store)")
     p.add_argument("--train", action="store_true", help="with --prefect: start train/dpo or train/kto on the "
                    "result (needs `make serve` and PREFECT_API_URL)")
     _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model once (make install does this)",

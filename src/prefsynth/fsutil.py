@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from prefsynth import faults
 from prefsynth.errors import UserError
 
 _TMP_MARK = ".tmp-"
+HOST = socket.gethostname().replace("/", "_").replace("-", "_")  # in names of files a writer may leave behind
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,7 +38,8 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}")
+    # pid and host: on a folder several machines share, a sweep removes only its own host's leftovers
+    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{HOST}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

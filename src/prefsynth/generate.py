@@ -17,12 +17,13 @@ from typing import Literal
 
 import polars as pl
 
-from prefsynth.cache import Store, make_key
+from prefsynth.cache import make_key
 from prefsynth.config import opt
 from prefsynth.engines import Request, get_backend
 from prefsynth.errors import UserError
 from prefsynth.model import ModelRef, home, resolve_model
 from prefsynth.prompts import NEUTRAL, POLARITIES, Templates, template_for
+from prefsynth.shared_store import Tiered
 
 
 @dataclass
@@ -45,10 +46,15 @@ class GenerateConfig:
                              "title, all from the dataset prompt)", alias="candidates")
     cache_dir: Path | None = opt(None, "generation cache (default: $PREFSYNTH_HOME/cache)", alias="cache")
     fsync_seconds: float = opt(1.0, "finished reviews reach the cache journal at once; fsync at most this often")
+    store: str | None = opt(None, "a store every worker reaches, behind the local cache: file:///mnt/shared/prefsynth "
+                                  "or an fsspec URL (s3://bucket/prefix, ...); reviews and scores found there are not "
+                                  "made again, new ones are written there as they finish (shards on workers need it)")
     # vLLM engine settings; on GPUs these pass straight through to vllm.LLM
     max_num_seqs: int = opt(128, "vLLM: sequences decoded together")
     kv_cache_gib: int = opt(2, "vLLM on CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     tensor_parallel_size: int = opt(1, "vLLM: GPUs per model (tensor parallelism)")
+    data_parallel_size: int = opt(1, "vLLM server (`prefsynth engine`): model replicas on this machine's GPUs, each "
+                                     "tensor_parallel_size wide (in-process runs: one worker per GPU and shards)")
     gpu_memory_utilization: float = opt(0.85, "vLLM on GPU: fraction of GPU memory to use")
     enforce_eager: bool = opt(True, "vLLM: skip torch.compile (starts ~50s faster on CPU)")
     cpu_block_size: int = opt(32, "vLLM on CPU: KV-cache block size (a multiple of 32); smaller blocks let "
@@ -128,7 +134,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     pipeline generates candidate k only for the reviews that no earlier candidate got right (prefsynth.rounds)."""
     t0 = time.time()
     model = resolve_model(cfg.model)
-    store = Store(cache_root(cfg), "generations", GEN_SCHEMA)
+    store = Tiered.open(cache_root(cfg), "generations", GEN_SCHEMA, cfg.store)
     store.sweep()
     if cfg.candidates < 1:
         raise UserError(f"generate.candidates must be at least 1, got {cfg.candidates}")
@@ -196,7 +202,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
     missing = set(wanted) - set(have.get_column("key").to_list())
     if missing:  # only possible if the cache was tampered with mid-run
         raise UserError(f"{len(missing)} generations are missing from the cache after generating")
-    stats.update(engine_seconds=round(t_engine, 2), generate_seconds=round(t_gen, 2),
+    stats.update(pulled_from_store=store.pulled, engine_seconds=round(t_engine, 2), generate_seconds=round(t_gen, 2),
                  tokens_per_second=round(stats["completion_tokens"] / t_gen, 1) if t_gen else 0.0,
                  seconds=round(time.time() - t0, 2))
     candidate = pl.DataFrame({"key": list(wanted), "candidate": [c for _, _, c in wanted.values()]},

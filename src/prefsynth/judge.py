@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from prefsynth import faults
-from prefsynth.cache import Store, make_key
+from prefsynth.cache import make_key
 from prefsynth.config import opt
 from prefsynth.constants import ROOT
 from prefsynth.engines import Backend, get_backend
@@ -32,6 +32,8 @@ from prefsynth.generate import Generations, cache_root
 from prefsynth.model import ModelRef
 from prefsynth.polarity_head import PolarityHead, answer_token_ids
 from prefsynth.prompts import Templates
+from prefsynth.shared_store import Tiered
+from prefsynth.text_judge import TextJudge
 
 if TYPE_CHECKING:
     from prefsynth.generate import GenerateConfig
@@ -57,6 +59,9 @@ class JudgeConfig:
                                     "drops them whatever their polarity); false judges every text")
     max_words: int = opt(160, "a longer review is judged on an excerpt of this many words: its opening, the "
                               "sentences with verdict words, and its end")
+    text: bool = opt(True, "also score with the text judge (TF-IDF ridge fitted on 4,870 real ICLR reviews, "
+                           "data/judge/text_judge.json.gz; independent of the generating model) and average it in")
+    text_weight: float = opt(0.5, "weight of the text judge in the verdict (the head, or LLM + lexicon, gets the rest)")
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,14 @@ class JudgeSetup:
     system_prompt: str | None
     fsync_seconds: float
     engine: Callable[[], Backend]
+    store: str | None = None  # the shared store behind the cache (generate.store)
 
     @classmethod
     def of(cls, model: ModelRef, gen: GenerateConfig) -> JudgeSetup:
         """The setup for reviews `gen` generated with `model`: the same cache, and the same engine from the registry
         (the loaded one, when generation loaded it)."""
-        return cls(cache_root(gen), gen.system_prompt, gen.fsync_seconds, functools.partial(get_backend, model, gen))
+        return cls(cache_root(gen), gen.system_prompt, gen.fsync_seconds, functools.partial(get_backend, model, gen),
+                   gen.store)
 
 
 @dataclass
@@ -222,6 +229,15 @@ def lexicon_features(reviews: list[str]) -> list[tuple[float, float, float]]:
     return out
 
 
+def active_text_judge(cfg: JudgeConfig) -> TextJudge | None:
+    return TextJudge.load() if cfg.text else None
+
+
+def with_text(base, text, weight: float):
+    """The verdict with the text judge averaged in (floats or polars expressions): the one place this is written."""
+    return weight * text + (1 - weight) * base
+
+
 def active_head(model: ModelRef, templates: Templates, cfg: JudgeConfig) -> PolarityHead | None:
     """The trained head, when it is on and was trained for this model and judge template."""
     if not (cfg.head and cfg.llm and cfg.lexicon):
@@ -270,7 +286,7 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
         # extra answer words as positive mass; its cached scores must not be reused)
         parts.update(head=head.fingerprint, max_words=cfg.max_words, llm_odds="labels")
     fingerprint = make_key(**parts)
-    store = Store(setup.cache, "judgements", JUDGE_SCHEMA)
+    store = Tiered.open(setup.cache, "judgements", JUDGE_SCHEMA, setup.store)
     store.sweep()
     keys = gens.rows.get_column("key").to_list()
     texts = gens.rows.get_column("text").str.strip_chars().to_list()
@@ -295,6 +311,13 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
         have = store.load(set(jkeys))
     scores = have.select("gen_key", "judge_llm", "judge_lexicon", "judge_head").rename({"gen_key": "key"})
     negative = pl.col("judge_head") if head is not None else combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg)
+    text = active_text_judge(cfg)
+    if text is not None:  # microseconds a review and never cached: scored here, on the whole text
+        by_key = dict(zip(keys, texts))
+        scores = scores.with_columns(pl.Series("judge_text", text.p_negative([by_key[k] for k in scores["key"]]),
+                                               dtype=pl.Float64))
+        negative = with_text(negative, pl.col("judge_text"), cfg.text_weight)
+        stats["judge"] = f"{stats['judge']} + text {text.fingerprint}"
     scores = scores.with_columns(negative.alias("judge_negative"))
     if head is None:
         scores = scores.drop("judge_head")

@@ -2,7 +2,8 @@
 head on the real-review dev part.
 
 Sets (`EVAL_SETS`): `real-test` (real reviews, labelled by the reviewer's recommendation; reported, never tuned
-on; the head is trained on the dev part, `TRAIN_SET`), `synthetic` (short reviews
+on; the head is trained on the dev part, `TRAIN_SET`, and the text judge on ICLR reviews of dev-side papers, which
+include that part), `synthetic` (short reviews
 written for prefsynth, with sarcastic and mixed ones) and `generated` (reviews this pipeline generated, labelled by
 reading them; tests/data/validity_labels.jsonl). `prefsynth judge-eval` prints the table and writes
 `data/judge/measured.json`, which the build reads to say in the card how far its noise figures can be trusted.
@@ -20,7 +21,8 @@ import numpy as np
 from prefsynth.constants import ROOT
 from prefsynth.errors import UserError
 from prefsynth.fsutil import atomic_write_text
-from prefsynth.judge import JudgeConfig, combined_score, excerpt, lexicon_features, score_reviews
+from prefsynth.judge import (JudgeConfig, active_text_judge, combined_score, excerpt, lexicon_features,
+                             score_reviews, with_text)
 from prefsynth.noise import wilson
 from prefsynth.polarity_head import PolarityHead, answer_token_ids, cross_validated_accuracy
 from prefsynth.prompts import Templates
@@ -98,6 +100,10 @@ def evaluate(backend, templates: Templates, cfg: JudgeConfig, head: PolarityHead
             judges["combined"] = [combined_score(a, b, cfg.llm_weight) for a, b in zip(s.llm, s.lexicon)]
             if head is not None:
                 judges["head"] = s.head
+        if (text := active_text_judge(cfg)) is not None:
+            judges["text"] = t = text.p_negative([r["review"] for r in rows])
+            base = "head" if "head" in judges else "combined" if "combined" in judges else "lexicon"
+            judges[f"{base}+text"] = [with_text(b, x, cfg.text_weight) for b, x in zip(judges[base], t)]
         report["sets"][name] = {"n": len(rows), "negative": sum(truth), "path": str(Path(path).relative_to(ROOT))}
         for judge, vals in judges.items():
             report["judges"].setdefault(judge, {})[name] = accuracy(vals, truth)
@@ -112,7 +118,7 @@ def table(report: dict, trained_on: str | None) -> list[str]:
         cells = []
         for s in sets:
             a = by_set.get(s)
-            mark = "*" if judge == "head" and s == trained_on else " "
+            mark = "*" if ("head" in judge or "text" in judge) and s == trained_on else " "
             cells.append(f" {a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}]{mark}".rjust(26) if a else
                          " " * 26)
         lines.append(f"{judge:9}" + "".join(cells))
@@ -141,8 +147,10 @@ def train_head(backend, templates: Templates, cfg: JudgeConfig, model_fingerprin
 
 
 def write_measured(report: dict, head: PolarityHead | None, model_fingerprint: str, template_hash: str) -> None:
+    text = active_text_judge(JudgeConfig())
     data = {"model_fingerprint": model_fingerprint, "template_hash": template_hash,
-            "head": head.fingerprint if head else None, "sets": report["sets"], "judges": report["judges"]}
+            "head": head.fingerprint if head else None, "text": text.fingerprint if text else None,
+            "sets": report["sets"], "judges": report["judges"]}
     MEASURED.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(MEASURED, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

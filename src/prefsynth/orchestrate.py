@@ -47,8 +47,9 @@ def describe(stage: str, result: Any) -> str | None:
         return f"collected {len(result.titles)} titles ({', '.join(f'{k} {v}' for k, v in result.stats.items())})"
     if stage == "generate":
         s = result.stats
+        pulled = f", {s['pulled_from_store']:.0f} of them from the shared store" if s.get("pulled_from_store") else ""
         return (f"{s.get('generated', 0):.0f} reviews generated, {s.get('reused', 0):.0f} reused from the generation "
-                f"cache ({s.get('completion_tokens', 0):.0f} tokens, {s.get('tokens_per_second', 0):.1f} tok/s)")
+                f"cache{pulled} ({s.get('completion_tokens', 0):.0f} tokens, {s.get('tokens_per_second', 0):.1f} tok/s)")
     if stage == "judge":
         return "judged: " + ", ".join(f"{k} {v}" for k, v in sorted(result.stats.items()))
     if stage == "build":

@@ -20,13 +20,12 @@ from prefsynth.card import package_versions
 from prefsynth.write import WriteResult, write_dataset
 from prefsynth.collect import CollectConfig, Titles, collect
 from prefsynth.config import opt, to_dict
-from prefsynth.errors import UserError
 from prefsynth.fsutil import FileLock, check_writable_dir
 from prefsynth.generate import GenerateConfig, Generations, cache_root
 from prefsynth.judge import JudgeConfig, Judged
 from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.publish import PublishConfig, publish
-from prefsynth.rounds import generate_judged
+from prefsynth.rounds import FanOut, generate_judged
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
@@ -80,6 +79,10 @@ class Summary:
                        f"{b['noise_rate_after']:.1%} kept (LLM and lexicon agree on {b['judge_agreement']:.1%})")
         out.append(f"  reviews: {g.get('generated', 0):.0f} generated, {g.get('reused', 0):.0f} from cache; "
                    f"{g.get('completion_tokens', 0):.0f} tokens at {g.get('tokens_per_second', 0):.1f} tok/s")
+        if w := g.get("on_workers"):
+            out.append(f"  on workers: {w['shard_runs']} shard runs ({w['resubmitted']} submitted again) generated "
+                       f"{w['generated']:.0f} reviews and judged {w['judged']:.0f}; "
+                       f"{w['pulled_from_store']:.0f} were resumed from the store")
         for p in self.published:
             out.append(f"  published {p['repo_id']}@{p['revision'][:12]}"
                        + (f" ({p['tag']})" if p.get("tag") else "") + ("" if p.get("committed") else " unchanged"))
@@ -136,7 +139,7 @@ def _write(built, cfg: PipelineConfig, prov: dict, splits: dict[str, str], plots
     return write_dataset(cfg.build.out, built, prov, splits, cfg.build.lock_timeout, plots)
 
 
-def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
+def run(cfg: PipelineConfig, step: Step = plain_step, fan_out: FanOut | None = None) -> Summary:
     t0 = time.time()
     out = check_writable_dir(cfg.build.out, "output")
     if cfg.publish.repo_id:
@@ -146,7 +149,7 @@ def run(cfg: PipelineConfig, step: Step = plain_step) -> Summary:
     # One build per cache at a time: two runs would otherwise generate the same missing reviews twice.
     with FileLock(cache_root(cfg.generate) / ".lock", timeout=cfg.build.lock_timeout,
                   what=f"generation cache {cache_root(cfg.generate)}"):
-        gens, judged = generate_judged(titles.titles, templates, cfg.generate, cfg.judge, cfg.build, step)
+        gens, judged = generate_judged(titles.titles, templates, cfg.generate, cfg.judge, cfg.build, step, fan_out)
     splits = build_mod.assign_splits(titles.titles, cfg.build, build_mod.read_previous_splits(out))
     built = step(build_mod.build, "build")(gens.rows, titles.titles, templates, cfg.build,
                                            judged.scores if judged else None, splits)
@@ -176,8 +179,7 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
     from prefsynth.validity import rules_version
 
     judge = str(judged.stats.get("judge", ""))
-    head = judge.split(" ", 1)[1] if judge.startswith("head ") else None
-    acc = quality.judge_accuracy(judge, gens.model.fingerprint, templates.hash_for("judge"), head)
+    acc = quality.judge_accuracy(judge, gens.model.fingerprint, templates.hash_for("judge"))
     q = {"judge": judge, "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":

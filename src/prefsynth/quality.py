@@ -26,15 +26,24 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def judge_accuracy(judge: str, model_fingerprint: str, template_hash: str, head: str | None) -> dict:
+def parse_judge(judge: str) -> tuple[str, str | None, str | None]:
+    """(measured name, head fingerprint, text-judge fingerprint) of a judge stage's `judge` string, e.g.
+    'head 04a4a10f11fdefee + text 1b2c...' -> ('head+text', '04a4a10f11fdefee', '1b2c...')."""
+    base, _, text = judge.partition(" + text ")
+    head = base.split(" ", 1)[1] if base.startswith("head ") else None
+    name = "head" if head else "combined" if base == "llm+lexicon" else base
+    return (f"{name}+text" if text else name), head, (text or None)
+
+
+def judge_accuracy(judge: str, model_fingerprint: str, template_hash: str) -> dict:
     """The measured accuracy of the judge that labelled a build, per set; {} when none was measured for it."""
     from prefsynth.judge_eval import MEASURED
 
     m = _read(MEASURED)
     if m.get("model_fingerprint") != model_fingerprint or m.get("template_hash") != template_hash:
         return {}
-    name = "head" if judge.startswith("head") else "combined" if judge == "llm+lexicon" else judge
-    if name == "head" and m.get("head") != head:
+    name, head, text = parse_judge(judge)
+    if (head and m.get("head") != head) or (text and m.get("text") != text):
         return {}
     return {"judge": name, **(m.get("judges", {}).get(name) or {})}
 

@@ -22,6 +22,8 @@ from prefsynth.pairing import sampled_settled
 from prefsynth.prompts import NEUTRAL, POLARITIES, Templates
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
+# Runs one round (titles, candidate, need, polarities) on workers before the build reads it back (prefsynth.fanout)
+FanOut = Callable[[list[str], int, set[tuple[str, str]], tuple[str, ...]], dict]
 
 
 def settled(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig) -> set[tuple[str, str]]:
@@ -53,7 +55,8 @@ def _merge_stats(parts: list[dict]) -> dict:
 
 
 def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateConfig, judge_cfg: JudgeConfig,
-                    build_cfg: BuildConfig, step: Step) -> tuple[Generations, Judged | None]:
+                    build_cfg: BuildConfig, step: Step,
+                    fan_out: FanOut | None = None) -> tuple[Generations, Judged | None]:
     polarities = (NEUTRAL,) if build_cfg.pairing == "sampled" else POLARITIES
     if build_cfg.pairing == "sampled" and not judge_cfg.enabled:
         raise UserError("build.pairing sampled needs the polarity judge (judge.enabled true): it is what decides "
@@ -64,12 +67,15 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
     gens_parts: list[Generations] = []
     judged_parts: list[Judged] = []
     per_round = []
+    on_workers: list[dict] = []
     for k in range(rounds):
+        if fan_out is not None:  # shard runs on workers make this round; the steps below then read the store
+            on_workers.append(fan_out(titles, k, need, polarities))
         g = step(generate, "generate")(titles, templates, gen_cfg, candidate=k, need=need, polarities=polarities)
         gens_parts.append(g)
         j = None
         if judge_cfg.enabled:
-            todo = _worth_judging(gens_parts, g, templates, build_cfg) if judge_cfg.skip_rejected else g
+            todo = worth_judging(gens_parts, g, templates, build_cfg) if judge_cfg.skip_rejected else g
             j = step(judge, "judge")(todo, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg))
             j.stats["skipped_rejected"] = g.rows.height - todo.rows.height
             judged_parts.append(j)
@@ -83,10 +89,12 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
             break
     gens = _concat(gens_parts)
     gens.stats["reviews_per_round"] = per_round
+    if on_workers:
+        gens.stats["on_workers"] = _merge_stats(on_workers)
     return gens, (_concat_judged(judged_parts) if judged_parts else None)
 
 
-def _worth_judging(parts: list[Generations], new: Generations, templates: Templates,
+def worth_judging(parts: list[Generations], new: Generations, templates: Templates,
                    cfg: BuildConfig) -> Generations:
     """The texts of this round that pass every filter (checked together with the earlier rounds, so a copy of an
     earlier text counts as one): judging costs about half of generating, and a rejected text is dropped anyway."""

@@ -116,3 +116,18 @@ def test_unreachable_engine_is_one_line_and_writes_nothing(tiny_model, tmp_path,
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no vLLM engine answering at http://127.0.0.1:")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_data_and_tensor_parallel_sizes_pass_straight_to_the_vllm_server(tiny_model):
+    """Several GPUs on one machine (not runnable here): the sizes reach `vllm serve` as its own flags; the
+    in-process engine refuses data parallelism (vLLM's LLM class needs a process per replica) in one line."""
+    from prefsynth.engines.vllm_server import engine_command
+
+    cfg = GenerateConfig(model=str(tiny_model), data_parallel_size=4, tensor_parallel_size=2)
+    argv, _ = engine_command(resolve_model(cfg.model), cfg, "127.0.0.1", 8765)
+    assert argv[argv.index("--data-parallel-size") + 1] == "4"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    default, _ = engine_command(resolve_model(cfg.model), GenerateConfig(model=str(tiny_model)), "127.0.0.1", 8765)
+    assert "--data-parallel-size" not in default
+    with pytest.raises(UserError, match="data_parallel_size > 1 needs the engine server"):
+        VLLMBackend(resolve_model(cfg.model), cfg)

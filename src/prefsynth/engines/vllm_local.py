@@ -44,6 +44,8 @@ def engine_args(model: ModelRef, cfg: GenerateConfig) -> tuple[dict, dict[str, s
         max_num_seqs=cfg.max_num_seqs, max_model_len=max_len,
         tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
     )
+    if cfg.data_parallel_size > 1:  # vLLM's server runs the replicas; its LLM class needs one process per replica
+        kwargs["data_parallel_size"] = cfg.data_parallel_size
     env: dict[str, str] = {}
     if cuda_available():
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -66,6 +68,10 @@ class VLLMBackend(Backend):
     def __init__(self, model: ModelRef, cfg: GenerateConfig):
         super().__init__(model, cfg)
         kwargs, env = engine_args(model, cfg)
+        if kwargs.pop("data_parallel_size", 1) > 1:
+            raise UserError("generate.data_parallel_size > 1 needs the engine server: start `prefsynth engine "
+                            "--generate.data_parallel_size N` and build with --engine, or run one worker per GPU "
+                            "with shards (docs/orchestration.md)")
         self.dtype = kwargs["dtype"]
         for k, v in env.items():
             os.environ.setdefault(k, v)

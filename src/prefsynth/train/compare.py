@@ -33,7 +33,7 @@ from prefsynth.prompts import NEUTRAL, Templates
 from prefsynth.train.evaluate import sign_test
 
 # The head needs the LLM pass (its features) and the lexicon; judge_negative is then the head's P(negative).
-EVAL_JUDGE = JudgeConfig(llm=True, lexicon=True, head=True, skip_rejected=False)
+EVAL_JUDGE = JudgeConfig(llm=True, lexicon=True, head=True, text=False, skip_rejected=False)
 
 
 @dataclass

@@ -1,0 +1,189 @@
+"""Shard runs on work-pool workers, kept free of Prefect: what a shard is, what one does, and how the build that
+started them decides, from each run's state, whether it is done, re-submitted or the end of the build.
+
+A build with `shards: N` and a pool (flows/build_dataset.py) writes one spec per shard to the shared store
+(`generate.store`), starts N runs of the `generate-shard/<pool>` deployment and waits. Each run, on whichever
+worker of the pool takes it, generates and judges its titles for one round through its own local cache and the
+store (prefsynth.shared_store), and leaves a report in the store. The build then generates and judges the whole
+round itself, which now only reads: everything is in the store. Judging runs inside the shard: the engine that
+generated is loaded there already, and judging a review costs about half of generating it, so a separate fan-out
+would load every model twice for half the work.
+
+A run that crashed (its worker was killed: Prefect marks it Crashed once its heartbeats stop, see
+flows/automations.py) or failed for a reason other than the user's is submitted again, up to `attempts` times; the
+new run resumes from everything the store holds. A run that failed for a user error fails the build with its
+message. Runs that do not finish within `timeout` fail the build with one line saying which and in what state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from prefsynth.errors import UserError
+from prefsynth.fsutil import HOST
+
+SHARD_FLOW = "generate-shard"  # deployments `generate-shard/<pool>` in prefect.yaml
+
+
+@dataclass
+class ShardSpec:
+    titles: list[str]
+    candidate: int
+    polarities: list[str]
+    need: list[list[str]]  # (title, polarity) pairs this round still needs
+    label: str = ""  # "2/4, round 1": for run names and messages
+
+
+def _fs(url: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise UserError(f"generate.store {url}: {e}") from None
+
+
+def write_spec(url: str, spec: ShardSpec) -> str:
+    """Store `spec` under a name made of its content (writing it twice is harmless); returns the name."""
+    data = json.dumps(asdict(spec), sort_keys=True, ensure_ascii=False).encode()
+    name = hashlib.sha256(data).hexdigest()[:16]
+    fs, root = _fs(url)
+    fs.makedirs(f"{root}/specs", exist_ok=True)
+    fs.pipe_file(f"{root}/specs/{name}.json", data)
+    return name
+
+
+def read_spec(url: str, name: str) -> ShardSpec:
+    fs, root = _fs(url)
+    try:
+        return ShardSpec(**json.loads(fs.cat_file(f"{root}/specs/{name}.json")))
+    except FileNotFoundError:
+        raise UserError(f"shard spec {name} not found in store {url}: does this worker mount the same store "
+                        f"as the build that started it?") from None
+
+
+def write_report(url: str, spec_name: str, run_id: str, report: dict) -> None:
+    fs, root = _fs(url)
+    fs.makedirs(f"{root}/reports", exist_ok=True)
+    fs.pipe_file(f"{root}/reports/{spec_name}-{run_id}.json", json.dumps(report, sort_keys=True).encode())
+
+
+def read_reports(url: str, spec_name: str) -> list[dict]:
+    """Every report of runs of this spec (a re-submitted shard has two runs; the dead one left none)."""
+    fs, root = _fs(url)
+    fs.invalidate_cache(f"{root}/reports")
+    try:
+        names = fs.glob(f"{root}/reports/{spec_name}-*.json")
+    except FileNotFoundError:
+        return []
+    return [json.loads(fs.cat_file(n)) for n in sorted(names)]
+
+
+def run_shard(cfg, spec_name: str, run_id: str = "") -> dict:
+    """The body of one shard run: generate and judge the spec's titles for its round, through the local cache and
+    the store; then report what it did (and where) to the store."""
+    from prefsynth.generate import cache_root, generate
+    from prefsynth.judge import JudgeSetup, judge
+    from prefsynth.prompts import Templates
+    from prefsynth.rounds import worth_judging
+
+    if not cfg.generate.store:
+        raise UserError("a shard run needs generate.store: the store the build and every worker reach")
+    started = time.time()
+    spec = read_spec(cfg.generate.store, spec_name)
+    templates = Templates(cfg.prompts)
+    need = {(t, p) for t, p in spec.need}
+    # No cache lock, unlike a build: shards are disjoint, and the build that started this one may hold the lock of
+    # this very cache (a worker on the build's own machine).
+    g = generate(spec.titles, templates, cfg.generate, candidate=spec.candidate, need=need,
+                 polarities=tuple(spec.polarities))
+    judged = {}
+    if cfg.judge.enabled:
+        # Judged on this shard's rows alone: a superset of what the build judges (a text copied from another
+        # shard is found a duplicate only there), so the build finds every score it asks for in the store.
+        todo = worth_judging([g], g, templates, cfg.build) if cfg.judge.skip_rejected else g
+        judged = judge(todo, templates, cfg.judge, JudgeSetup.of(g.model, cfg.generate)).stats
+    report = {"spec": spec_name, "label": spec.label, "run_id": run_id, "host": HOST, "pid": os.getpid(),
+              "worker": os.environ.get("PREFECT__WORKER_NAME", ""), "home": str(cache_root(cfg.generate)),
+              "titles": len(spec.titles), "requested": g.stats.get("requested", 0),
+              "generated": g.stats.get("generated", 0), "pulled_from_store": g.stats.get("pulled_from_store", 0),
+              "reused": g.stats.get("reused", 0), "judged": judged.get("judged", 0),
+              "completion_tokens": g.stats.get("completion_tokens", 0),
+              "generate_seconds": g.stats.get("generate_seconds", 0), "started": started, "finished": time.time()}
+    write_report(cfg.generate.store, spec_name, run_id, report)
+    return report
+
+
+# ------------------------------------------------------------------------------------------- the build's side
+
+
+@dataclass
+class Attempt:
+    spec: str
+    label: str
+    run_id: str
+    tries: int = 1
+    history: list[str] = field(default_factory=list)  # run ids of earlier attempts
+
+
+def user_error_line(message: str | None) -> str | None:
+    """The one-line message of a run that failed for a user error, from its state message (None: not a user
+    error). prefsynth raises UserError for everything a user can fix; Prefect puts the exception in the message."""
+    if not message or "UserError" not in message:
+        return None
+    return message.split("UserError:", 1)[-1].strip().splitlines()[0]
+
+
+def wait_all(attempts: list[Attempt], read_state: Callable[[str], tuple[str, str | None]],
+             resubmit: Callable[[Attempt], str], *, pool: str, timeout: float, max_tries: int = 3,
+             cancel: Callable[[Attempt, str], None] | None = None, poll_seconds: float = 2.0,
+             log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> None:
+    """Wait until every shard run has completed. `read_state(run_id)` gives (state type, message), e.g.
+    ("COMPLETED", None); `resubmit(attempt)` starts the shard again and returns the new run id. When the build
+    fails, `cancel(attempt, state)` is called for every shard run still unfinished: none is left using a worker."""
+    pending = {a.spec: a for a in attempts}
+    try:
+        _wait(pending, read_state, resubmit, pool, clock() + timeout, timeout, max_tries, poll_seconds, log, clock,
+              sleep)
+    except UserError:
+        for a in pending.values():
+            state = read_state(a.run_id)[0]
+            if cancel is not None and state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                cancel(a, state)
+        raise
+
+
+def _wait(pending: dict[str, Attempt], read_state, resubmit, pool: str, deadline: float, timeout: float,
+          max_tries: int, poll_seconds: float, log, clock, sleep) -> None:
+    while pending:
+        for a in list(pending.values()):
+            state, message = read_state(a.run_id)
+            if state == "COMPLETED":
+                del pending[a.spec]
+            elif state in ("CANCELLED", "CANCELLING"):
+                raise UserError(f"shard {a.label} (run {a.run_id}) was cancelled")
+            elif state in ("CRASHED", "FAILED"):
+                if state == "FAILED" and (line := user_error_line(message)):
+                    raise UserError(f"shard {a.label}: {line}")
+                if a.tries >= max_tries:
+                    raise UserError(f"shard {a.label} {state.lower()} {a.tries} times (last run {a.run_id}: "
+                                    f"{(message or '').splitlines()[0] if message else 'no message'})")
+                a.history.append(a.run_id)
+                a.run_id, a.tries = resubmit(a), a.tries + 1
+                log(f"shard {a.label}: run {a.history[-1]} {state.lower()}"
+                    f"{' (' + message.splitlines()[0] + ')' if message else ''}; submitted again as run {a.run_id} "
+                    f"(try {a.tries} of {max_tries}), resuming from the store")
+        if not pending:
+            break
+        if clock() >= deadline:
+            states = ", ".join(f"{a.label}: {read_state(a.run_id)[0]}" for a in pending.values())
+            raise UserError(f"{len(pending)} shard run(s) not finished after {timeout:.0f} s ({states}); runs still "
+                            f"SCHEDULED or PENDING mean no free worker of pool '{pool}' took them: start one with "
+                            f"`scripts/worker.sh {pool}` on any machine that reaches the store")
+        sleep(poll_seconds)
