@@ -118,27 +118,31 @@ def main() -> None:
                      f"reviews in {rep.get('generate_seconds', 0):.1f} s of generation ({rate:.2f}/s), "
                      f"judged {rep.get('judged', 0):.0f}")
     slowest = max(walls)
-    gen = [rep for rep in reports.values()]
+    gen = list(reports.values())
     reviews = sum(r["generated"] for r in gen)
-    per_worker = sum(r["generated"] for r in gen) / sum(r["finished"] - r["started"] for r in gen)
-    startup = sum(w for w in walls) / len(walls) - sum(r["finished"] - r["started"] for r in gen) / len(gen)
-    rounds = len({r["label"].split("round ")[-1] for r in gen})
+    per_worker = reviews / sum(r["finished"] - r["started"] for r in gen)  # reviews/s of one worker's shard run
+    startup = sum(walls) / len(walls) - sum(r["finished"] - r["started"] for r in gen) / len(gen)
+    engine = sum(r["engine_seconds"] for r in gen) / len(gen)
     overhead = sharded - slowest
     lines += ["", f"sharded build wall {sharded:.1f} s; slowest shard run {slowest:.1f} s -> fan-out overhead "
-                  f"{overhead:.1f} s ({overhead / rounds:.1f} s per round, {rounds} rounds): the build's own start, "
-                  f"collect, build, write, and waiting for workers to poll",
+                  f"{overhead:.1f} s: the build's own start, collect, its reading rounds, build and write, and "
+                  f"waiting for workers to poll",
+              f"per shard run: flow-run start {startup:.1f} s before its code runs, engine start {engine:.1f} s "
+              f"(both workers at once on {os.cpu_count()} CPUs)",
               f"unsharded build wall {single:.1f} s (same titles, empty cache, in this process's engine)",
               f"datasets identical (paired parquet files byte for byte): {'yes' if same else 'NO'}", ""]
     per_title = reviews / args.n
     total = args.titles * per_title
-    proj = overhead + rounds * startup + total / (args.workers * per_worker)
+    fixed = overhead + startup
+    proj = fixed + total / (args.workers * per_worker)
     lines += [f"projection: {args.titles:,} titles x {per_title:.2f} reviews per title (this run's rounds) = "
-              f"{total:,.0f} reviews; per worker {per_worker:.2f} reviews/s (measured here, shard start to report, "
-              f"two workers sharing {os.cpu_count()} CPUs), flow-run start {startup:.1f} s per round",
-              f"  on {args.workers} workers like these: {proj / 3600:.1f} h "
-              f"(= overhead + rounds x start + reviews / ({args.workers} x per-worker rate));",
+              f"{total:,.0f} reviews, {args.workers} shards on {args.workers} workers; per worker {per_worker:.3f} "
+              f"reviews/s (measured here: a shard run's reviews over its whole run, engine start included, two "
+              f"workers sharing {os.cpu_count()} CPUs)",
+              f"  on {args.workers} workers like these: {proj / 3600:.1f} h (= overhead + flow-run start + reviews / "
+              f"({args.workers} x per-worker rate))",
               f"  a GPU worker's rate is not measured here (no GPU): with R reviews/s per worker the same formula "
-              f"gives {overhead + rounds * startup:.0f} s + {total:,.0f} / ({args.workers} R) s"]
+              f"gives {fixed:.0f} s + {total:,.0f} / ({args.workers} R) s"]
     text = "\n".join(lines)
     print(text)
     out = ROOT / "bench" / "results" / "fanout.txt"

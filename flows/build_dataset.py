@@ -8,8 +8,8 @@ truth for what was already generated, and it survives crashes that Prefect's cac
     prefsynth build --prefect --formats paired --n 50           # what `make paired` runs (in-process)
     prefect deployment run build-dataset/paired --watch          # the same flow on a worker (`make serve`)
 
-With `shards: N` and a `pool`, each round's generation fans out to N `generate-shard/<pool>` runs that any worker of
-that pool may take (prefsynth.fanout); without a pool, the N shards are task runs of this flow, one after another.
+With `shards: N` and a `pool`, generation fans out to N `generate-shard/<pool>` runs that any worker of that pool
+may take (prefsynth.fanout); without a pool, the N shards are task runs of this flow, one after another.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _steps(shards: int):
 
 
 def fan_out_to(pool: str, shards: int, cfg: PipelineConfig, config: dict, timeout: float):
-    """The round runner of a build whose shards run on workers of `pool` (prefsynth.fanout says what it does)."""
+    """The fan-out of a build whose shards run on workers of `pool` (prefsynth.fanout says what it does)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -102,29 +102,27 @@ def fan_out_to(pool: str, shards: int, cfg: PipelineConfig, config: dict, timeou
                                       force=True)
         logger.info(f"shard {attempt.label}: run {attempt.run_id} cancelled (the build failed)")
 
-    def run_round(titles, candidate, need, polarities) -> dict:
-        todo = [t for t in titles if any((t, p) in need for p in polarities)]
+    def run_all(titles: list[str]) -> dict:
+        parts = orchestrate.shard(titles, shards)
         attempts = []
-        for i, part in enumerate(orchestrate.shard(todo, shards) if todo else []):
-            inside = set(part)
-            spec = fanout.ShardSpec(part, candidate, list(polarities),
-                                    sorted([t, p] for t, p in need if t in inside),
-                                    f"{i + 1}/{min(shards, len(todo))}, round {candidate + 1}")
+        for i, part in enumerate(parts):
+            spec = fanout.ShardSpec(part, f"{i + 1}/{len(parts)}")
             key = fanout.write_spec(store, spec)
             attempts.append(fanout.Attempt(key, spec.label, submit(key, spec.label)))
-        logger.info(f"round {candidate + 1}: {len(attempts)} shard runs of {name} submitted for {len(todo)} titles")
+        logger.info(f"{len(attempts)} shard runs of {name} submitted for {len(titles)} titles")
         fanout.wait_all(attempts, read_state, lambda a: submit(a.spec, a.label), pool=pool, timeout=timeout,
                         cancel=cancel, log=logger.info)
         reports = [r for a in attempts for r in fanout.read_reports(store, a.spec) if r["run_id"] == a.run_id]
         for r in reports:
             logger.info(f"shard {r['label']}: worker {r['worker'] or '?'} ({r['host']}, cache {r['home']}) generated "
-                        f"{r['generated']:.0f}, took {r['pulled_from_store']:.0f} from the store, judged "
-                        f"{r['judged']:.0f}, in {r['finished'] - r['started']:.1f} s")
+                        f"{r['generated']:.0f} in {r['rounds']} rounds, took {r['pulled_from_store']:.0f} from the "
+                        f"store, judged {r['judged']:.0f}, in {r['finished'] - r['started']:.1f} s "
+                        f"(engine start {r['engine_seconds']:.1f} s)")
         return {"shard_runs": len(attempts), "resubmitted": sum(a.tries - 1 for a in attempts),
                 **{k: sum(r[k] for r in reports) for k in ("generated", "pulled_from_store", "judged",
                                                               "completion_tokens")}}
 
-    return run_round
+    return run_all
 
 
 def _effective_config(config: dict | None) -> dict:
@@ -204,7 +202,7 @@ def build_dataset(config: dict | None = None, train: bool = False, shards: int =
     for paired and `train/kto` for unpaired data, without waiting. shards: generate in this many parts. pool:
     None runs them here as task runs, one after another (each resumable and retried on its own); a work pool
     (`cpu`, `gpu`) runs them as `generate-shard/<pool>` flow runs on its workers, at the same time, through the
-    store `config.generate.store`, waiting at most `shard_timeout` seconds per round."""
+    store `config.generate.store`, waiting at most `shard_timeout` seconds for them."""
     from prefsynth.engines import close_backends
 
     effective = _effective_config(config)

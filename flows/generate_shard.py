@@ -13,11 +13,8 @@ from prefect.runtime import flow_run
 from prefsynth import fanout, orchestrate
 
 
-def _run_name() -> str:
-    return f"shard {flow_run.get_parameters().get('spec', '?')}"
-
-
-@flow(name=fanout.SHARD_FLOW, flow_run_name=_run_name, log_prints=True, persist_result=False)
+# The run's name comes from the build that starts it ("shard 2/4, round 1 of reviewer2").
+@flow(name=fanout.SHARD_FLOW, log_prints=True, persist_result=False)
 def generate_shard(config: dict, spec: str) -> dict:
     """Generate and judge one shard (`spec`: its name in the store of `config.generate.store`)."""
     from prefsynth.engines import close_backends

@@ -79,7 +79,7 @@ def test_a_row_made_on_one_machine_is_found_by_another_and_not_made_again(tmp_pa
 
 
 def test_a_shard_spec_and_its_report_travel_through_the_store(store_url):
-    spec = fanout.ShardSpec(["A title"], 1, ["negative", "positive"], [["A title", "positive"]], "1/1, round 2")
+    spec = fanout.ShardSpec(["A title", "Another title"], "1/1")
     name = fanout.write_spec(store_url, spec)
     assert fanout.write_spec(store_url, spec) == name  # content-addressed: writing it twice is harmless
     assert fanout.read_spec(store_url, name) == spec
@@ -284,7 +284,7 @@ def test_a_shard_failing_for_a_user_error_fails_the_build_with_its_message(api, 
     try:
         config = tiny_config(tiny_model, tmp_path / "out", tmp_path / "cache", n=4)
         config["generate"].update(store=f"file://{tmp_path / 'store'}", model=str(tmp_path / "no-such-model"))
-        with pytest.raises(UserError, match=r"^shard [12]/2, round 1: .*no-such-model"):
+        with pytest.raises(UserError, match=r"^shard [12]/2: .*no-such-model"):
             _flow_module().build_dataset(config=config, shards=2, pool=POOL, shard_timeout=300)
     finally:
         os.killpg(w.pid, signal.SIGKILL)

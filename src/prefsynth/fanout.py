@@ -3,11 +3,13 @@ started them decides, from each run's state, whether it is done, re-submitted or
 
 A build with `shards: N` and a pool (flows/build_dataset.py) writes one spec per shard to the shared store
 (`generate.store`), starts N runs of the `generate-shard/<pool>` deployment and waits. Each run, on whichever
-worker of the pool takes it, generates and judges its titles for one round through its own local cache and the
-store (prefsynth.shared_store), and leaves a report in the store. The build then generates and judges the whole
-round itself, which now only reads: everything is in the store. Judging runs inside the shard: the engine that
-generated is loaded there already, and judging a review costs about half of generating it, so a separate fan-out
-would load every model twice for half the work.
+worker of the pool takes it, generates and judges its titles through all the rounds (candidates) a build would make
+(prefsynth.rounds), through its own local cache and the store (prefsynth.shared_store), and leaves a report in the
+store. The build then runs its own rounds over all titles, which now only read: everything is in the store (a
+review a shard could not know was needed, e.g. a near-duplicate of another shard's text, is generated there).
+One shard run makes every round of its titles because a run pays for its engine start (measured: ~2 minutes for two
+shards starting at once on a 2-core machine), and rounds are decided title by title. Judging runs inside the
+shard too: the engine is loaded there already, and judging a review costs about half of generating it.
 
 A run that crashed (its worker was killed: Prefect marks it Crashed once its heartbeats stop, see
 flows/automations.py) or failed for a reason other than the user's is submitted again, up to `attempts` times; the
@@ -33,10 +35,7 @@ SHARD_FLOW = "generate-shard"  # deployments `generate-shard/<pool>` in prefect.
 @dataclass
 class ShardSpec:
     titles: list[str]
-    candidate: int
-    polarities: list[str]
-    need: list[list[str]]  # (title, polarity) pairs this round still needs
-    label: str = ""  # "2/4, round 1": for run names and messages
+    label: str = ""  # "2/4": for run names and messages
 
 
 def _fs(url: str):
@@ -85,36 +84,29 @@ def read_reports(url: str, spec_name: str) -> list[dict]:
 
 
 def run_shard(cfg, spec_name: str, run_id: str = "") -> dict:
-    """The body of one shard run: generate and judge the spec's titles for its round, through the local cache and
-    the store; then report what it did (and where) to the store."""
-    from prefsynth.generate import cache_root, generate
-    from prefsynth.judge import JudgeSetup, judge
+    """The body of one shard run: every round of generation and judging for the spec's titles, through the local
+    cache and the store; then a report of what it did (and where) in the store."""
+    from prefsynth.generate import cache_root
+    from prefsynth.pipeline import plain_step
     from prefsynth.prompts import Templates
-    from prefsynth.rounds import worth_judging
+    from prefsynth.rounds import generate_judged
 
     if not cfg.generate.store:
         raise UserError("a shard run needs generate.store: the store the build and every worker reach")
     started = time.time()
     spec = read_spec(cfg.generate.store, spec_name)
-    templates = Templates(cfg.prompts)
-    need = {(t, p) for t, p in spec.need}
     # No cache lock, unlike a build: shards are disjoint, and the build that started this one may hold the lock of
     # this very cache (a worker on the build's own machine).
-    g = generate(spec.titles, templates, cfg.generate, candidate=spec.candidate, need=need,
-                 polarities=tuple(spec.polarities))
-    judged = {}
-    if cfg.judge.enabled:
-        # Judged on this shard's rows alone: a superset of what the build judges (a text copied from another
-        # shard is found a duplicate only there), so the build finds every score it asks for in the store.
-        todo = worth_judging([g], g, templates, cfg.build) if cfg.judge.skip_rejected else g
-        judged = judge(todo, templates, cfg.judge, JudgeSetup.of(g.model, cfg.generate)).stats
+    gens, judged = generate_judged(spec.titles, Templates(cfg.prompts), cfg.generate, cfg.judge, cfg.build,
+                                   plain_step)
+    g = gens.stats
     report = {"spec": spec_name, "label": spec.label, "run_id": run_id, "host": HOST, "pid": os.getpid(),
               "worker": os.environ.get("PREFECT__WORKER_NAME", ""), "home": str(cache_root(cfg.generate)),
-              "titles": len(spec.titles), "requested": g.stats.get("requested", 0),
-              "generated": g.stats.get("generated", 0), "pulled_from_store": g.stats.get("pulled_from_store", 0),
-              "reused": g.stats.get("reused", 0), "judged": judged.get("judged", 0),
-              "completion_tokens": g.stats.get("completion_tokens", 0),
-              "generate_seconds": g.stats.get("generate_seconds", 0), "started": started, "finished": time.time()}
+              "titles": len(spec.titles), "requested": g.get("requested", 0), "generated": g.get("generated", 0),
+              "pulled_from_store": g.get("pulled_from_store", 0), "reused": g.get("reused", 0),
+              "judged": judged.stats.get("judged", 0) if judged else 0, "rounds": len(g.get("reviews_per_round", [])),
+              "completion_tokens": g.get("completion_tokens", 0), "generate_seconds": g.get("generate_seconds", 0),
+              "engine_seconds": g.get("engine_seconds", 0), "started": started, "finished": time.time()}
     write_report(cfg.generate.store, spec_name, run_id, report)
     return report
 

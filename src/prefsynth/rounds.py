@@ -22,8 +22,8 @@ from prefsynth.pairing import sampled_settled
 from prefsynth.prompts import NEUTRAL, POLARITIES, Templates
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
-# Runs one round (titles, candidate, need, polarities) on workers before the build reads it back (prefsynth.fanout)
-FanOut = Callable[[list[str], int, set[tuple[str, str]], tuple[str, ...]], dict]
+# Makes every round of `titles` on workers before the build's own rounds read it back (prefsynth.fanout)
+FanOut = Callable[[list[str]], dict]
 
 
 def settled(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig) -> set[tuple[str, str]]:
@@ -67,10 +67,10 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
     gens_parts: list[Generations] = []
     judged_parts: list[Judged] = []
     per_round = []
-    on_workers: list[dict] = []
+    # Shard runs on workers make every round first; the steps below then read the store (generating only what a
+    # shard could not know was needed).
+    on_workers = fan_out(titles) if fan_out is not None else None
     for k in range(rounds):
-        if fan_out is not None:  # shard runs on workers make this round; the steps below then read the store
-            on_workers.append(fan_out(titles, k, need, polarities))
         g = step(generate, "generate")(titles, templates, gen_cfg, candidate=k, need=need, polarities=polarities)
         gens_parts.append(g)
         j = None
@@ -89,8 +89,8 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
             break
     gens = _concat(gens_parts)
     gens.stats["reviews_per_round"] = per_round
-    if on_workers:
-        gens.stats["on_workers"] = _merge_stats(on_workers)
+    if on_workers is not None:
+        gens.stats["on_workers"] = on_workers
     return gens, (_concat_judged(judged_parts) if judged_parts else None)
 
 
