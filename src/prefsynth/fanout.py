@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from prefsynth.errors import UserError
 from prefsynth.fsutil import HOST
+from prefsynth.shared_store import filesystem
 
 SHARD_FLOW = "generate-shard"  # deployments `generate-shard/<pool>` in prefect.yaml
 
@@ -38,27 +39,18 @@ class ShardSpec:
     label: str = ""  # "2/4": for run names and messages
 
 
-def _fs(url: str):
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as e:
-        raise UserError(f"generate.store {url}: {e}") from None
-
-
 def write_spec(url: str, spec: ShardSpec) -> str:
     """Store `spec` under a name made of its content (writing it twice is harmless); returns the name."""
     data = json.dumps(asdict(spec), sort_keys=True, ensure_ascii=False).encode()
     name = hashlib.sha256(data).hexdigest()[:16]
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     fs.makedirs(f"{root}/specs", exist_ok=True)
     fs.pipe_file(f"{root}/specs/{name}.json", data)
     return name
 
 
 def read_spec(url: str, name: str) -> ShardSpec:
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     try:
         return ShardSpec(**json.loads(fs.cat_file(f"{root}/specs/{name}.json")))
     except FileNotFoundError:
@@ -67,14 +59,14 @@ def read_spec(url: str, name: str) -> ShardSpec:
 
 
 def write_report(url: str, spec_name: str, run_id: str, report: dict) -> None:
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     fs.makedirs(f"{root}/reports", exist_ok=True)
     fs.pipe_file(f"{root}/reports/{spec_name}-{run_id}.json", json.dumps(report, sort_keys=True).encode())
 
 
 def read_reports(url: str, spec_name: str) -> list[dict]:
     """Every report of runs of this spec (a re-submitted shard has two runs; the dead one left none)."""
-    fs, root = _fs(url)
+    fs, root = filesystem(url)
     fs.invalidate_cache(f"{root}/reports")
     try:
         names = fs.glob(f"{root}/reports/{spec_name}-*.json")

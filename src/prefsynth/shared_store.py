@@ -41,6 +41,16 @@ def local_path(url: str) -> Path | None:
     return None
 
 
+def filesystem(url: str):
+    """(fsspec file system, root path) of a store URL; a scheme whose package is missing is the user's to fix."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
+        raise UserError(f"generate.store {url}: {e}") from None
+
+
 def open_store(url: str, kind: str, schema: dict[str, pl.DataType]) -> Store | ObjectStore:
     if (path := local_path(url)) is not None:
         return Store(path, kind, schema)
@@ -51,12 +61,7 @@ class ObjectStore:
     """Immutable checksummed parquet segments under `<url>/<kind>/` on an fsspec file system."""
 
     def __init__(self, url: str, kind: str, schema: dict[str, pl.DataType]):
-        import fsspec
-
-        try:
-            self.fs, root = fsspec.core.url_to_fs(url)
-        except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
-            raise UserError(f"generate.store {url}: {e}") from None
+        self.fs, root = filesystem(url)
         self.dir = f"{root.rstrip('/')}/{kind}"
         self.schema = {"key": pl.Utf8, **schema}
         self.quarantined = 0  # segments whose bytes do not match their name: skipped (objects are not moved)
