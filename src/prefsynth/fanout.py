@@ -7,8 +7,8 @@ worker of the pool takes it, generates and judges its titles through all the rou
 (prefsynth.rounds), through its own local cache and the store (prefsynth.shared_store), and leaves a report in the
 store. The build then runs its own rounds over all titles, which now only read: everything is in the store (a
 review a shard could not know was needed, e.g. a near-duplicate of another shard's text, is generated there).
-One shard run makes every round of its titles because a run pays for its engine start (measured: ~2 minutes for two
-shards starting at once on a 2-core machine), and rounds are decided title by title. Judging runs inside the
+One shard run makes every round of its titles because a run pays a flow-run start and an engine start (2 s + 30 s
+on one CPU core, bench/fanout.py), and rounds are decided title by title. Judging runs inside the
 shard too: the engine is loaded there already, and judging a review costs about half of generating it.
 
 A run that crashed (its worker was killed: Prefect marks it Crashed once its heartbeats stop, see
