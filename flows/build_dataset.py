@@ -114,13 +114,8 @@ def fan_out_to(pool: str, shards: int, cfg: PipelineConfig, config: dict, timeou
                         cancel=cancel, log=logger.info)
         reports = [r for a in attempts for r in fanout.read_reports(store, a.spec) if r["run_id"] == a.run_id]
         for r in reports:
-            logger.info(f"shard {r['label']}: worker {r['worker'] or '?'} ({r['host']}, cache {r['home']}) generated "
-                        f"{r['generated']:.0f} in {r['rounds']} rounds, took {r['pulled_from_store']:.0f} from the "
-                        f"store, judged {r['judged']:.0f}, in {r['finished'] - r['started']:.1f} s "
-                        f"(engine start {r['engine_seconds']:.1f} s)")
-        return {"shard_runs": len(attempts), "resubmitted": sum(a.tries - 1 for a in attempts),
-                **{k: sum(r[k] for r in reports) for k in ("generated", "pulled_from_store", "judged",
-                                                              "completion_tokens")}}
+            logger.info(fanout.report_line(r))
+        return fanout.totals(attempts, reports)
 
     return run_all
 

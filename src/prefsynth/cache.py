@@ -2,9 +2,9 @@
 
 A store is a folder of two kinds of files:
 
-- a **journal** per writing process (`journal-<pid>-<ns>-<host>.jsonl`): every finished row is appended and flushed to the
-  OS at once, so a killed process loses nothing it completed (the OS still holds the bytes); it is fsynced at most
-  every `fsync_seconds` against power loss. Each line carries a checksum of its row: a torn last line fails it and
+- a **journal** per writing process (`journal-<pid>-<ns>-<host>.jsonl`): every finished row is appended and flushed
+  to the OS at once, so a killed process loses nothing it completed (the OS still holds the bytes); it is fsynced at
+  most every `fsync_seconds` against power loss. Each line carries a checksum of its row: a torn last line fails it and
   is skipped, never read as data.
 - immutable **shards** (`<ns>-<pid>-<sha16>.parquet`): a journal is compacted into one when its writer closes
   (or, for a writer that died, by the next run). A shard is written under a temporary name, fsynced and renamed,
@@ -49,6 +49,12 @@ def _row_sum(row: dict) -> str:
 def _ours_and_dead(pid: str, host: str | None) -> bool:
     """A file left by a writer of this host that is gone (names without a host predate shared stores: local)."""
     return (host is None or host == HOST) and pid.isdigit() and not _alive(int(pid))
+
+
+def _left_by_dead_writer(stem: str) -> bool:
+    """For `journal-<pid>-<ns>[-<host>]` and `.incoming-<pid>-<ns>[-<host>]` names."""
+    _, pid, _, *host = stem.split("-", 3)
+    return _ours_and_dead(pid, host[0] if host else None)
 
 
 def _alive(pid: int) -> bool:
@@ -211,12 +217,10 @@ class Store:
         if not self.dir.is_dir():
             return
         for p in self._journals():
-            _, pid, _, *host = p.stem.split("-", 3)
-            if _ours_and_dead(pid, host[0] if host else None):
+            if _left_by_dead_writer(p.stem):
                 self.compact(p)
         for p in self.dir.glob(".incoming-*"):
-            _, pid, _, *host = p.stem.split("-", 3)
-            if _ours_and_dead(pid, host[0] if host else None):
+            if _left_by_dead_writer(p.stem):
                 p.unlink(missing_ok=True)
         for p in self.dir.glob("*.tmp-*"):  # fsutil.atomic_write_bytes: <name>.tmp-<pid>-<host>
             pid, _, host = p.name.split(".tmp-")[-1].partition("-")

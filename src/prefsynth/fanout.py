@@ -103,7 +103,21 @@ def run_shard(cfg, spec_name: str, run_id: str = "") -> dict:
     return report
 
 
+def report_line(r: dict) -> str:
+    """One log line of the build about a shard run's report."""
+    return (f"shard {r['label']}: worker {r['worker'] or '?'} ({r['host']}, cache {r['home']}) generated "
+            f"{r['generated']:.0f} in {r['rounds']} rounds, took {r['pulled_from_store']:.0f} from the store, judged "
+            f"{r['judged']:.0f}, in {r['finished'] - r['started']:.1f} s (engine start {r['engine_seconds']:.1f} s)")
+
+
 # ------------------------------------------------------------------------------------------- the build's side
+
+
+def totals(attempts: list[Attempt], reports: list[dict]) -> dict:
+    """What the shard runs did together: the build's `on_workers` stats."""
+    return {"shard_runs": len(attempts), "resubmitted": sum(a.tries - 1 for a in attempts),
+            **{k: sum(r[k] for r in reports)
+               for k in ("generated", "pulled_from_store", "judged", "completion_tokens")}}
 
 
 @dataclass
