@@ -82,6 +82,7 @@ def work_vllm(a: argparse.Namespace) -> dict:
     with _RssMonitor() as mon:
         t0 = time.time()
         cfg = GenerateConfig(model=a.model, backend="vllm", temperature=a.temperature, top_p=a.top_p,
+                             repetition_penalty=1.0, stop=[],  # the same work as the generate loops it is compared with
                              max_tokens=a.max_tokens, max_num_seqs=a.max_num_seqs)
         backend = get_backend(resolve_model(a.model), cfg)
         load = time.time() - t0

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
               f"or a smaller --n", file=sys.stderr)
     templates = Templates(PromptConfig())
     base = base_model()
-    gen = GenerateConfig(max_tokens=96, temperature=0.7, top_p=0.95, seed=0)
+    gen = GenerateConfig(max_tokens=96, temperature=0.7, top_p=0.95, seed=0, repetition_penalty=1.0, stop=[])
     evals = {"base": stage(work, "reviews-base", lambda: reviews("base", base.path, titles, templates, gen, base,
                                                                   work))}
     runs = {}

@@ -127,7 +127,8 @@ def base_model_reviews(model_dir: Path, data: Path, titles: list[str]) -> list[s
     from prefsynth.model import resolve_model
 
     backend = TransformersBackend(resolve_model(str(model_dir)),
-                                  GenerateConfig(temperature=0.7, top_p=0.95, max_tokens=8, seed=0, batch_size=32))
+                                  GenerateConfig(temperature=0.7, top_p=0.95, max_tokens=8, seed=0, batch_size=32,
+                                                 repetition_penalty=1.0, stop=[]))
     val = pl.read_parquet(data / "paired" / "validation.parquet").unique("title", keep="first").sort("title")
     prompts = {t: p for t, p in zip(val["title"], val["prompt"].to_list())}
     reqs = [Request(str(i), backend.tokenizer.apply_chat_template(prompts[t], tokenize=False,

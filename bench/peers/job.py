@@ -40,8 +40,13 @@ def titles_for(n: int, titles_file: str | None) -> list[str]:
     return collect(CollectConfig(n=n) if titles_file is None else CollectConfig(n=n, source=titles_file)).titles
 
 
+# The sampling every tool uses: plain temperature sampling, as the peers' clients send it (no stop strings or
+# repetition penalty, which prefsynth's defaults add).
+PEER_SAMPLING = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.0, "stop": []}
+
+
 def make_job(titles: list[str], max_tokens: int, model_id: str, base_url: str) -> dict:
-    cfg = GenerateConfig(max_tokens=max_tokens, candidates=1)
+    cfg = GenerateConfig(max_tokens=max_tokens, candidates=1, **PEER_SAMPLING)
     model = resolve_model(cfg.model)
     templates = Templates(PromptConfig())
     splits = assign_splits(titles, BuildConfig())

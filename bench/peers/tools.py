@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from job import PEER_SAMPLING
+
 HERE = Path(__file__).resolve().parent
 PY_PROJECT = Path(sys.executable)  # run.py runs in the project's .venv
 # prefsynth doing the job the peers do: one candidate per review, no judge, no filter that could drop a pair.
@@ -20,6 +22,7 @@ LOOSE = ["--generate.candidates", "1", "--judge.enabled", "false", "--build.inva
          "--build.inconsistent", "keep", "--build.truncated", "keep", "--build.min_chars", "0",
          "--build.max_repeat", "1", "--build.max_echo", "1", "--build.near_duplicate", "1",
          "--build.keep_dropped", "false"]
+PEER_FLAGS = [f"--generate.{k}={','.join(v) if isinstance(v, list) else v}" for k, v in PEER_SAMPLING.items()]
 DISTILABEL_TASKS = ("negative_review", "positive_review")  # the step names distilabel_job.py gives its two tasks
 
 
@@ -67,7 +70,7 @@ class Prefsynth(Tool):
         titles = ["--titles", s.titles] if s.titles else []
         return [str(PY_PROJECT.parent / "prefsynth"), "build", "--engine", s.proxy, "--n", str(s.n), *titles,
                 "--out", str(run / "out"), "--cache", str(run / "cache"), "--generate.max_tokens",
-                str(s.max_tokens), *LOOSE]
+                str(s.max_tokens), *LOOSE, *PEER_FLAGS]
 
     def done_on_disk(self, run: Path) -> int:
         # rows in the journal of the running writer; a shard appears only once the writer closed (all done)

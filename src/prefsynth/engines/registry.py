@@ -35,7 +35,7 @@ def get_backend(model: ModelRef, cfg: GenerateConfig) -> Backend:
     if kind == "vllm" and not vllm_available():
         raise UserError("backend 'vllm' requested but vLLM is not installed (run `make install`)")
     dtype = cfg.dtype if kind == "server" else resolve_dtype(cfg.dtype)  # resolving imports torch
-    ident = (model.path, kind, dtype, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed,
+    ident = (model.path, kind, dtype, tuple(sorted((k, str(v)) for k, v in cfg.sampling().items())),
              cfg.system_prompt, cfg.engine_url)
     if ident not in _BACKENDS:
         cls = {"vllm": VLLMBackend, "server": ServerBackend}.get(kind, TransformersBackend)

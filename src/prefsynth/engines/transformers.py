@@ -91,8 +91,12 @@ class TransformersBackend(Backend):
             for k in range(0, len(idx), self.cfg.batch_size):
                 yield idx[k:k + self.cfg.batch_size], length
 
-    def _sample(self, logits, gens):
+    def _sample(self, logits, gens, seen):
         torch = self.torch
+        if self.cfg.repetition_penalty != 1.0:  # vLLM's (and CTRL's) rule over prompt and review tokens so far
+            picked = logits.gather(-1, seen)
+            picked = torch.where(picked > 0, picked / self.cfg.repetition_penalty, picked * self.cfg.repetition_penalty)
+            logits = logits.scatter(-1, seen, picked)
         if self.cfg.temperature <= 0:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / self.cfg.temperature, dim=-1)
@@ -111,6 +115,10 @@ class TransformersBackend(Backend):
         n = len(batch)
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
+        stops = self.cfg.stop_strings()
+        stopped = [False] * n
+        # The prompt's tokens for the repetition penalty; left pads stand in as the last prompt token (already there).
+        seen = self.torch.where(mask.bool(), ids, ids[:, -1:])
         past = None
         step_ids = ids
         with torch.inference_mode():
@@ -119,7 +127,8 @@ class TransformersBackend(Backend):
                 out = self.model_(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
                                   position_ids=pos[:, -step_ids.shape[1]:])
                 past = out.past_key_values
-                nxt = self._sample(out.logits[:, -1, :], gens)
+                nxt = self._sample(out.logits[:, -1, :], gens, seen)
+                seen = torch.cat([seen, nxt.unsqueeze(-1)], dim=-1)
                 for i in range(n):
                     if not done[i]:
                         t = int(nxt[i])
@@ -127,13 +136,19 @@ class TransformersBackend(Backend):
                             done[i] = True
                         else:
                             out_tokens[i].append(t)
+                            if stops and any(s in self._tok.decode(out_tokens[i][-8:]) for s in stops):
+                                done[i] = stopped[i] = True
                 if all(done):
                     break
                 step_ids = nxt.unsqueeze(-1)
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=-1)
         prompt_lens = enc["attention_mask"].sum(-1).tolist()
-        return [Output(r.key, self._tok.decode(out_tokens[i], skip_special_tokens=True), int(prompt_lens[i]),
-                       len(out_tokens[i]), "stop" if done[i] else "length") for i, r in enumerate(batch)]
+        texts = [self._tok.decode(t, skip_special_tokens=True) for t in out_tokens]
+        for i in range(n):
+            if stopped[i]:  # like vLLM: the text ends before the stop string, which is not returned
+                texts[i] = texts[i][:min(texts[i].find(s) for s in stops if s in texts[i])]
+        return [Output(r.key, texts[i], int(prompt_lens[i]), len(out_tokens[i]), "stop" if done[i] else "length")
+                for i, r in enumerate(batch)]
 
     def generate(self, requests: list[Request]) -> Iterator[Output]:
         ordered = sorted(requests, key=lambda r: r.key)

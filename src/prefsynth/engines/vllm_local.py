@@ -98,6 +98,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
 
         return SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                              repetition_penalty=self.cfg.repetition_penalty, stop=self.cfg.stop_strings() or None,
                               max_tokens=self.cfg.max_tokens, seed=seed, **kw)
 
     def _drain(self) -> Iterator:

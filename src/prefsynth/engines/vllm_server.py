@@ -165,7 +165,9 @@ class ServerBackend(Backend):
 
     def generate(self, requests: list[Request]) -> Iterator[Output]:
         bodies = [{"model": self.model_id, "prompt": r.prompt, "max_tokens": self.cfg.max_tokens,
-                   "temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "seed": r.seed}
+                   "temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "seed": r.seed,
+                   # vLLM's server takes its sampling extensions in the body beside the OpenAI fields
+                   "repetition_penalty": self.cfg.repetition_penalty, "stop": self.cfg.stop_strings() or None}
                   for r in requests]
         for i, res in self._stream(bodies):
             c = res["choices"][0]

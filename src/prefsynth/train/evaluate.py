@@ -43,7 +43,8 @@ def evaluate(cfg: TrainConfig, data: Data, model, tokenizer, ref, log_line: Call
     # generator per request, same label-logprob code for the judge.
     backend = TransformersBackend.from_loaded(ref, model, tokenizer, GenerateConfig(
         temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, max_tokens=cfg.eval.max_tokens, seed=cfg.seed,
-        batch_size=cfg.eval.batch_size, system_prompt=system_prompt))
+        batch_size=cfg.eval.batch_size, system_prompt=system_prompt,
+        repetition_penalty=1.0, stop=[]))  # the policy's own sampling: what training changed, nothing steered
     # Same seed per title for both models: differences come from the adapter, not from the dice.
     requests = [Request(str(i), p, request_seed(f"{cfg.seed}\0{t}")) for i, (t, p) in enumerate(zip(titles, prompts))]
     was_training = model.training
