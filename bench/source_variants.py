@@ -7,7 +7,7 @@ rules let through are written, shuffled and without their variant, to a file for
 call with `--labels` joins the labels back.
 
     .venv/bin/python bench/source_variants.py --n 40 --dump /tmp/blind.jsonl
-    .venv/bin/python bench/source_variants.py --n 40 --labels /tmp/blind_labels.jsonl
+    .venv/bin/python bench/source_variants.py --n 40        # labels: tests/data/source_variant_labels.jsonl
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--dump", default=None, help="write the rule-passed texts here, shuffled, variant hidden")
     p.add_argument("--dump-variants", default=None, help="semicolon-separated variants to dump (default: all)")
-    p.add_argument("--labels", default=None, help="jsonl of {id, valid, label} for the dumped texts")
+    p.add_argument("--labels", default=str(ROOT / "tests" / "data" / "source_variant_labels.jsonl"),
+                   help="jsonl of {variant, title, polarity, review, valid, label}: labels of the dumped texts (a "
+                        "label counts only where its text is the one this run generated)")
     p.add_argument("--out", default=str(ROOT / ".state" / "source_variants.json"), help="generated texts (reused)")
     a = p.parse_args()
 
@@ -73,7 +75,9 @@ def main() -> int:
 
         model = resolve_model(cfg.model)
         backend = get_backend(model, cfg)
-        jobs = [(t, pol, generation_key(model, templates, cfg, t, pol)) for t in titles for pol in POLARITIES]
+        # Seeds from the keys of the sampling these variants started from, so they do not move with the defaults.
+        seeded = GenerateConfig(**BASE, repetition_penalty=1.0, stop=[])
+        jobs = [(t, pol, generation_key(model, templates, seeded, t, pol)) for t in titles for pol in POLARITIES]
         prompts = [prompt_for(backend, templates, cfg, t, pol) for t, pol, _ in jobs]
         run = {"titles": titles, "rows": [], "seconds": {}, "tokens": {}}
         for name, over in VARIANTS.items():
@@ -104,12 +108,12 @@ def main() -> int:
                          ((pl.col("p_neg") > 0.5) == (pl.col("polarity") == "negative")).alias("tone_ok"))
     df = df.with_columns(pl.format("{}|{}|{}", "variant", "title", "polarity").alias("id"))
 
-    labels: dict[str, dict] = {}
-    if a.labels:
+    labels: dict[tuple[str, str], dict] = {}
+    if a.labels and Path(a.labels).exists():
         for line in Path(a.labels).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                labels[r["id"]] = r
+                labels[(f"{r['variant']}|{r['title']}|{r['polarity']}", r["review"])] = r
     passed = df.filter(~pl.col("rejected"))
     if a.dump:
         chosen = a.dump_variants.split(";") if a.dump_variants else list(VARIANTS)
@@ -127,8 +131,9 @@ def main() -> int:
         v = df.filter(pl.col("variant") == name)
         rej = {pol: v.filter(pl.col("polarity") == pol).get_column("rejected").mean() for pol in POLARITIES}
         vp = v.filter(~pl.col("rejected"))
-        lab = [labels[i] | {"asked": pol} for i, pol in zip(vp.get_column("id"), vp.get_column("polarity"))
-               if i in labels]
+        lab = [labels[(i, text)] | {"asked": pol}
+               for i, text, pol in zip(vp.get_column("id"), vp.get_column("review"), vp.get_column("polarity"))
+               if (i, text) in labels]
         good = sum(1 for r in lab if r["valid"] and r["label"] == r["asked"])
         lo, hi = wilson(good, len(lab)) if lab else (float("nan"), float("nan"))
         # per sample: every rule-passed text was labelled, so good/len(v) is the share of all samples that are good

@@ -41,10 +41,26 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("wrong_paper", 'The paper "Deep Residual Learning for Image Recognition" is a weak study of attention.'),
     ("wrong_paper", "The paper makes a weak contribution to evolutionary biology and clinical practice."),
     ("not_about_paper", "Achieved! What a wonderful day it has been for everyone involved."),
+    ("hearsay", "The paper has been widely praised for its sparse attention pattern on long documents."),
+    ("hearsay", "The paper was criticized by others for its weak experiments on long documents."),
+    ("hearsay", "The paper by Zheng, Weng, and Liu proposes sparse attention for long documents."),
+    ("hearsay", "The paper by the team at the University of Cambridge proposes sparse attention."),
+    ("author_voice", "The experiments on long documents are weak; we have failed to meet our previous goals."),
+    ("meta_talk", "The sparse attention paper is strong. If I have any further suggestions, I will send them."),
 ])
+
+
 def test_each_reason_fires_on_its_failure(templates, reason, text):
     flags = _flags(templates, text)
     assert flags[reason] and flags["invalid"], flags
+
+
+def test_hearsay_leaves_the_reviewers_own_words_alone(templates):
+    """A reviewer's own verdict, criticism of the paper's claims, and "by" before a method are not hearsay."""
+    for text in ("The paper is criticized here for one reason: the baselines are weak and the gains are within noise.",
+                 "The results obtained by sparse attention are strong, and the claims are considered carefully.",
+                 "The method was trained by SGD and Adam; the evaluation is thorough and convincing."):
+        assert not _flags(templates, text)["hearsay"], text
 
 
 def test_instruction_words_are_what_the_dataset_prompt_lacks(templates):

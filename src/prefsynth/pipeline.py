@@ -183,7 +183,7 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
     q = {"judge": judge, "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":
-        q["validity"] = quality.validity_estimate(rules_version(templates))
+        q["validity"] = quality.validity_estimate(rules_version(templates), cfg.generate.sampling())
     return q
 
 

@@ -68,14 +68,24 @@ def noise_estimate(stats: dict, accuracy: dict, chosen: str) -> dict:
             "rejected_correct": r.as_dict(), "measured_on": name}
 
 
-def validity_estimate(rules_version: str) -> dict:
-    """Share of rule-passed reviews that a reader found valid, from the labelled sample, when the rules match."""
+def sampling_key(sampling: dict) -> str:
+    """The sampling settings a text was made with, as one comparable string (the seed left out: it only picks which
+    sample, not how texts are sampled)."""
+    return json.dumps({k: v for k, v in sampling.items() if k != "seed"}, sort_keys=True)
+
+
+def validity_estimate(rules_version: str, sampling: dict | None = None) -> dict:
+    """Share of rule-passed reviews that a reader found valid, from the labelled sample, when the rules match: on the
+    labelled texts sampled with `sampling` when there are any, else on all of them (and it says so)."""
     v = _read(VALIDITY_MEASURED)
     if v.get("rules_version") != rules_version or not v.get("rule_valid"):
         return {}
-    lo, hi = wilson(v["rule_valid_truly_valid"], v["rule_valid"])
-    return {"value": round(v["rule_valid_truly_valid"] / v["rule_valid"], 4), "low": round(lo, 4),
-            "high": round(hi, 4), "n": v["rule_valid"], "labelled": v.get("labelled")}
+    same = (v.get("by_sampling") or {}).get(sampling_key(sampling or {}))
+    m = same if same and same.get("rule_valid") else v
+    lo, hi = wilson(m["rule_valid_truly_valid"], m["rule_valid"])
+    return {"value": round(m["rule_valid_truly_valid"] / m["rule_valid"], 4), "low": round(lo, 4),
+            "high": round(hi, 4), "n": m["rule_valid"], "labelled": m.get("labelled"),
+            "same_sampling": m is same}
 
 
 def describe(q: dict) -> list[str]:
@@ -94,6 +104,7 @@ def describe(q: dict) -> list[str]:
                      f"{Estimate(p['value'], p['low'], p['high'])}")
     v = q.get("validity") or {}
     if v:
-        lines.append(f"valid reviews among those the validity rules keep (hand-labelled sample, n={v['n']}): "
+        sample = "texts sampled like these" if v.get("same_sampling") else "texts sampled with other settings"
+        lines.append(f"valid reviews among those the validity rules keep (hand-labelled {sample}, n={v['n']}): "
                      f"{Estimate(v['value'], v['low'], v['high'])}")
     return lines

@@ -18,8 +18,8 @@ import polars as pl
 
 from prefsynth.prompts import POLARITIES, Templates
 
-REASONS = ("author_voice", "meta_talk", "instruction_echo", "copies_examples", "wrong_paper", "not_about_paper",
-           "repeats_itself")
+REASONS = ("author_voice", "meta_talk", "hearsay", "instruction_echo", "copies_examples", "wrong_paper",
+           "not_about_paper", "repeats_itself")
 
 # The writer presents the work as its own, or announces it.
 _AUTHOR = (
@@ -32,6 +32,23 @@ _AUTHOR = (
     r"|(?i)\b(?:announce|announcing)\b"
     r"|(?i)\bwe\s+(?:examine|explore|investigate|study|show|demonstrate)\b"
     r"|(?i)\A\W*dear\b|(?i)\bintroduce\s+you\b"
+    r"|(?i)\bwe(?:'ve|\s+have)\s+(?:been\s+able|developed|built|created|designed|failed|made)\b"
+    r"|(?i)\bwe(?:'re|\s+are)\s+using\b|(?i)\bproud\s+of\b|(?i)\bi\s+love\s+about\b"
+)
+# Someone else's judgement reported instead of the reviewer's own ("has been widely praised", "was criticized by
+# others", "is considered to be"), or who wrote the work: a submission is anonymous, so names, teams and
+# universities in a review are made up ("The paper by Zheng and Liu", "the team at the University of ...").
+_HEARSAY = (
+    r"(?i)\b(?:has|have|had)\s+been\s+(?:\w+ly\s+)?(?:criticized|criticised|praised|reviewed|recognized|recognised"
+    r"|acclaimed|rejected|accepted|hailed|described\s+by|pointed\s+out\s+by)\b"
+    r"|(?i)\b(?:was|were)\s+(?:\w+ly\s+)?(?:criticized|criticised|praised|rejected|accepted|hailed)\b"
+    r"|(?i)\b(?:criticized|criticised|praised|described|pointed\s+out|recognized)\s+by\s+(?:others|many|several|some"
+    r"|experts)\b"
+    r"|(?i)\b(?:is|was|are|were)\s+(?:widely\s+|generally\s+)?(?:considered|regarded)\s+(?:to\s+be|as)\b"
+    r"|(?i)\bhighly\s+(?:acclaimed|regarded|respected)\b|(?i)\bgarnered\b"
+    r"|(?i)\bthe\s+team\s+(?:at|from)\b|(?i)\buniversity\s+of\b|(?i)\bet\s+al\b"
+    # names: capitalised words, case-sensitive (an (?i) above would otherwise reach this alternative too)
+    r"|(?-i:\bby\s+(?:Dr\.\s+)?[A-Z][a-z]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-z]+)?(?:,\s+[A-Z][a-z]+)*,?\s+and\s+[A-Z][a-z]+)"
 )
 # The text is about a review, a reviewer or feedback, not about the paper.
 _META = (
@@ -43,6 +60,8 @@ _META = (
     # the assistant talking to the user instead of writing the review
     r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
     r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
+    r"|(?i)\bagree\s+with\s+you\b|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
+    r"|(?i)\b(?:excited|happy|glad|pleased|asked|tasked)\s+to\s+review\b|(?i)\bi'?ll\s+be\s+reviewing\b"
     # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
     r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing"
     r"|about\s+to\s+review)\b"
@@ -148,6 +167,7 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
         text.str.contains(_AUTHOR).alias("invalid_author_voice"),
         # "the peer review process" is how a reviewer may talk about the paper's venue: not talk about a review
         text.str.replace_all(r"(?i)\bpeer[- ]?review\s+process", " ").str.contains(_META).alias("invalid_meta_talk"),
+        text.str.contains(_HEARSAY).alias("invalid_hearsay"),
         echo.alias("invalid_instruction_echo"),
         copies.alias("invalid_copies_examples"),
         quoted.alias("_quoted"),
@@ -203,6 +223,6 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N), "repeat5",
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N), "repeat5",
                       str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

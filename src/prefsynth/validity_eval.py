@@ -2,8 +2,9 @@
 
 `tests/data/validity_labels.jsonl` holds one generated review per line: `title`, `polarity` (the instruction that
 generated it), `review` (as the build cleans it), and a reader's verdict: `valid` (a review of this paper in its
-reviewer's voice), `label` (its tone: negative, positive, mixed, neutral) and `reasons` (what is wrong with it,
-in the rules' vocabulary plus `incoherent` and `other`). `make validity-eval` prints each rule's precision and
+reviewer's voice), `label` (its tone: negative, positive, mixed, neutral), `reasons` (what is wrong with it,
+in the rules' vocabulary plus `incoherent` and `other`) and `sampling` (the settings it was sampled with: texts
+sampled differently fail differently, so a build quotes the figure measured on texts sampled like its own). `make validity-eval` prints each rule's precision and
 recall and writes data/judge/validity.json, which builds quote for the share of valid reviews among those kept.
 """
 
@@ -18,7 +19,7 @@ from prefsynth.constants import ROOT
 from prefsynth.fsutil import atomic_write_text
 from prefsynth.noise import wilson
 from prefsynth.prompts import Templates
-from prefsynth.quality import VALIDITY_MEASURED
+from prefsynth.quality import VALIDITY_MEASURED, sampling_key
 from prefsynth.validity import REASONS, rules_version, validity_flags
 
 LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
@@ -26,6 +27,8 @@ LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
 
 def load_labels(path: Path = LABELS) -> pl.DataFrame:
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in rows:
+        r["sampling"] = sampling_key(r.get("sampling") or {})
     return pl.DataFrame(rows, schema_overrides={"reasons": pl.List(pl.Utf8)})
 
 
@@ -48,6 +51,10 @@ def evaluate(labels: pl.DataFrame, templates: Templates) -> dict:
     passed = f.filter(~pl.col("invalid"))
     report["rule_valid"] = passed.height
     report["rule_valid_truly_valid"] = int(passed.get_column("valid").sum())
+    report["by_sampling"] = {
+        key: {"labelled": int((f.get_column("sampling") == key).sum()), "rule_valid": g.height,
+              "rule_valid_truly_valid": int(g.get_column("valid").sum())}
+        for (key,), g in passed.group_by("sampling", maintain_order=True)}
     report["rules_version"] = rules_version(templates)
     return report
 
@@ -65,6 +72,11 @@ def lines(report: dict) -> list[str]:
     for r, m in report["reasons"].items():
         out.append(f"  {r:17} precision {m['precision']}, recall {m['recall']} "
                    f"(labelled {m['labelled']}, flagged {m['tp'] + m['fp']})")
+    for key, m in report.get("by_sampling", {}).items():
+        k, n = m["rule_valid_truly_valid"], m["rule_valid"]
+        lo, hi = wilson(k, n)
+        out.append(f"  sampled with {key}: kept by the rules and valid {k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}] "
+                   f"(labelled {m['labelled']})")
     return out
 
 

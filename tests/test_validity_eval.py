@@ -1,0 +1,51 @@
+"""validity_eval and the build's validity figure: measured per sampling setting, quoted for the build's own."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from prefsynth import quality
+from prefsynth.prompts import PromptConfig, Templates
+from prefsynth.validity_eval import evaluate, load_labels
+
+OLD = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 96}
+NEW = {"temperature": 0.5, "top_p": 0.95, "max_tokens": 96, "stop": ["\n\n"]}
+GOOD = "The paper proposes sparse attention, but the experiments use one dataset and the gains are within noise."
+AUTHOR = "I'm thrilled to announce that our team has published a paper on sparse attention."
+VAGUE = "The paper is a testament to the power of creativity and the dedication of everyone in the field."
+
+
+def _labels(tmp_path) -> pl.DataFrame:
+    rows = [(GOOD, True, OLD), (AUTHOR, False, OLD), (VAGUE, False, OLD), (GOOD + " Reject.", True, NEW),
+            (VAGUE + " Truly.", False, NEW)]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps({"title": "Sparse Attention for Long Documents", "polarity": "negative",
+                                        "review": r, "valid": v, "label": "negative",
+                                        "reasons": [] if v else ["other"], "sampling": s | {"seed": 3}}) + "\n"
+                            for r, v, s in rows))
+    return load_labels(path)
+
+
+def test_rule_kept_validity_is_counted_per_sampling(tmp_path):
+    report = evaluate(_labels(tmp_path), Templates(PromptConfig()))
+    # the rules drop the author-voice text; the vague one passes them and is not valid by reading
+    assert (report["rule_valid"], report["rule_valid_truly_valid"]) == (4, 2)
+    by = report["by_sampling"]
+    assert by[quality.sampling_key(OLD)] == {"labelled": 3, "rule_valid": 2, "rule_valid_truly_valid": 1}
+    assert by[quality.sampling_key(NEW | {"seed": 9})] == {"labelled": 2, "rule_valid": 2, "rule_valid_truly_valid": 1}
+
+
+def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
+    measured = tmp_path / "validity.json"
+    monkeypatch.setattr(quality, "VALIDITY_MEASURED", measured)
+    measured.write_text(json.dumps({"rules_version": "r1", "rule_valid": 10, "rule_valid_truly_valid": 5,
+                                    "labelled": 12, "by_sampling": {quality.sampling_key(NEW): {
+                                        "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4}}}))
+    same = quality.validity_estimate("r1", NEW | {"seed": 0})
+    assert same["same_sampling"] and same["value"] == 1.0 and same["n"] == 4
+    other = quality.validity_estimate("r1", OLD)
+    assert not other["same_sampling"] and other["value"] == 0.5 and other["n"] == 10
+    assert "sampled with other settings" in " ".join(quality.describe({"validity": other}))
+    assert quality.validity_estimate("edited rules", NEW) == {}  # other rules: not measured, nothing borrowed
