@@ -347,6 +347,20 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
 
 
+def pipeline_lines(pp: dict) -> list[str]:
+    out = [f"default build of {pp['titles_full']} titles, then +{pp['titles_added']} titles (refresh):"]
+    for mode, label in (("in_process", "engine in each run (default)"), ("engine", "running engine (--engine)")):
+        if mode in pp:
+            m = pp[mode]
+            extra = f", server {m['engine_rss_gib']:.2f} GiB (started in {m['start_seconds']:.0f} s)" \
+                if mode == "engine" else ""
+            out.append(f"  {label:30} full {m['full_wall']:5.0f} s (model {m['model_seconds']:.0f} s, overhead "
+                       f"{m['overhead_share']:.1%}); refresh {m['refresh_wall']:4.0f} s = {m['refresh_ratio']:.1%} "
+                       f"of the full build; judging {m['judging_seconds']:.0f} s = {m['judging_share']:.1%} of the "
+                       f"full build; peak RSS {m['peak_rss_gib']:.2f} GiB{extra}")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=64, help="titles (2 prompts each)")
@@ -364,14 +378,21 @@ def main() -> int:
                    help="titles in the full build (at most 10/11 of the titles file: the rest is the refresh)")
     p.add_argument("--no-engine-mode", dest="engine_mode", action="store_false",
                    help="with --pipeline: skip the second pair of builds through a running `prefsynth engine`")
-    p.add_argument("--only-pipeline", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only-pipeline", action="store_true",
+                   help="run only the pipeline figures (build, refresh, judging share); the generation loops' figures "
+                        "in bench/results/bench.json stay as they were")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         print("BENCH-RESULT " + json.dumps(WORKERS[a.worker](a)), flush=True)
         return 0
     if a.only_pipeline:
-        print(json.dumps(pipeline_figures(a), indent=2))
+        path = RESULTS / "bench.json"
+        res = json.loads(path.read_text()) if path.exists() else {}
+        res["pipeline"] = pipeline_figures(a)
+        print("\n".join(pipeline_lines(res["pipeline"])))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
         return 0
 
     res: dict = {"model": a.model, "n_titles": a.n, "max_tokens": a.max_tokens, "temperature": a.temperature,
@@ -401,17 +422,7 @@ def main() -> int:
           f"vLLM reaches {res['roofline']:.1%}")
     print(f"{res['build']['name']}: {res['build']['seconds']:.2f} s")
     if "pipeline" in res:
-        pp = res["pipeline"]
-        print(f"default build of {pp['titles_full']} titles, then +{pp['titles_added']} titles (refresh):")
-        for mode, label in (("in_process", "engine in each run (default)"), ("engine", "running engine (--engine)")):
-            if mode in pp:
-                m = pp[mode]
-                extra = f", server {m['engine_rss_gib']:.2f} GiB (started in {m['start_seconds']:.0f} s)" \
-                    if mode == "engine" else ""
-                print(f"  {label:30} full {m['full_wall']:5.0f} s (model {m['model_seconds']:.0f} s, overhead "
-                      f"{m['overhead_share']:.1%}); refresh {m['refresh_wall']:4.0f} s = {m['refresh_ratio']:.1%} "
-                      f"of the full build; judging {m['judging_seconds']:.0f} s = {m['judging_share']:.1%} of the "
-                      f"full build; peak RSS {m['peak_rss_gib']:.2f} GiB{extra}")
+        print("\n".join(pipeline_lines(res["pipeline"])))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     plot(res, RESULTS / "bench.png")

@@ -6,7 +6,6 @@ absurd length) are skipped and counted; only a source that yields nothing usable
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata

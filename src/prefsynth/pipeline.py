@@ -64,7 +64,7 @@ class Summary:
         for config, splits in self.rows.items():
             out.append(f"  {config}: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
         out.append(f"  pairs: {b.get('pairs_generated')} generated, {b.get('pairs_kept')} kept"
-                   + (f"; dropped by filter: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
+                   + ("; dropped by filter: " + ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
                       if any(self.dropped.values()) else ""))
         if y := b.get("sampled"):
             out.append(f"  sampled (on-policy) pairing: {y['titles_with_pair']}/{y['titles']} titles gave a pair from "
