@@ -76,8 +76,8 @@ class GenerateConfig:
 
     def sampling(self) -> dict[str, object]:
         """The parameters that change what is sampled, hence part of every cache key."""
-        out: dict[str, object] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                     "seed": self.seed}
+        out: dict[str, object] = {"temperature": self.temperature, "top_p": self.top_p,
+                                  "max_tokens": self.max_tokens, "seed": self.seed}
         # Added later: part of the key only when not off, so reviews cached before they existed keep their keys.
         if self.repetition_penalty != 1.0:
             out["repetition_penalty"] = self.repetition_penalty

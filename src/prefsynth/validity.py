@@ -223,6 +223,6 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N), "repeat5",
-                      str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N),
+                      "repeat5", str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -4,8 +4,9 @@
 generated it), `review` (as the build cleans it), and a reader's verdict: `valid` (a review of this paper in its
 reviewer's voice), `label` (its tone: negative, positive, mixed, neutral), `reasons` (what is wrong with it,
 in the rules' vocabulary plus `incoherent` and `other`) and `sampling` (the settings it was sampled with: texts
-sampled differently fail differently, so a build quotes the figure measured on texts sampled like its own). `make validity-eval` prints each rule's precision and
-recall and writes data/judge/validity.json, which builds quote for the share of valid reviews among those kept.
+sampled differently fail differently, so a build quotes the figure measured on texts sampled like its own).
+`make validity-eval` prints each rule's precision and recall and writes data/judge/validity.json, which builds quote
+for the share of valid reviews among those kept.
 """
 
 from __future__ import annotations
