@@ -49,3 +49,15 @@ def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
     assert not other["same_sampling"] and other["value"] == 0.5 and other["n"] == 10
     assert "sampled with other settings" in " ".join(quality.describe({"validity": other}))
     assert quality.validity_estimate("edited rules", NEW) == {}  # other rules: not measured, nothing borrowed
+
+
+def test_judge_eval_leaves_out_texts_a_judge_picked():
+    """Kept pairs passed the judge's consistency check: scoring the judge on them would flatter it. The shipped
+    accuracy (data/judge/measured.json) was measured on exactly the set that remains."""
+    from prefsynth.judge_eval import EVAL_SETS, MEASURED, load_set
+
+    labels = [json.loads(line) for line in EVAL_SETS["generated"].read_text().splitlines() if line.strip()]
+    picked = [r for r in labels if r.get("judge_selected")]
+    assert picked and all(r["review"] not in {x["review"] for x in load_set(EVAL_SETS["generated"])} for r in picked)
+    n = json.loads(MEASURED.read_text())["judges"]["head+text"]["generated"]["n"]
+    assert n == len(load_set(EVAL_SETS["generated"]))

@@ -38,11 +38,13 @@ L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
 def load_set(path: Path) -> list[dict]:
-    """Rows with `review` and `label` (negative/positive); rows of other labels (mixed, neutral) are skipped."""
+    """Rows with `review` and `label` (negative/positive); rows of other labels (mixed, neutral) are skipped, and so
+    are texts a judge already chose (`judge_selected`: e.g. kept pairs, which passed the consistency check), since
+    scoring a judge on texts picked for agreeing with it would flatter it."""
     if not Path(path).exists():
         return []
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if r.get("label") in ("negative", "positive")]
+    return [r for r in rows if r.get("label") in ("negative", "positive") and not r.get("judge_selected")]
 
 
 @dataclass

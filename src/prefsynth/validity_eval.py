@@ -4,7 +4,8 @@
 generated it), `review` (as the build cleans it), and a reader's verdict: `valid` (a review of this paper in its
 reviewer's voice), `label` (its tone: negative, positive, mixed, neutral), `reasons` (what is wrong with it,
 in the rules' vocabulary plus `incoherent` and `other`) and `sampling` (the settings it was sampled with: texts
-sampled differently fail differently, so a build quotes the figure measured on texts sampled like its own).
+sampled differently fail differently, so a build quotes the figure measured on texts sampled like its own);
+`judge_selected` marks texts a judge already picked (kept pairs), which judge-eval leaves out of its `generated` set.
 `make validity-eval` prints each rule's precision and recall and writes data/judge/validity.json, which builds quote
 for the share of valid reviews among those kept.
 """
