@@ -19,10 +19,10 @@ VAGUE = "The paper is a testament to the power of creativity and the dedication 
 
 def _labels(tmp_path) -> pl.DataFrame:
     rows = [(GOOD, True, OLD), (AUTHOR, False, OLD), (VAGUE, False, OLD), (GOOD + " Reject.", True, NEW),
-            (VAGUE + " Truly.", False, NEW)]
+            (VAGUE + " Truly.", False, NEW), (GOOD + " Yet it is also clever.", True, NEW)]
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps({"title": "Sparse Attention for Long Documents", "polarity": "negative",
-                                        "review": r, "valid": v, "label": "negative",
+                                        "review": r, "valid": v, "label": "mixed" if "clever" in r else "negative",
                                         "reasons": [] if v else ["other"], "sampling": s | {"seed": 3}}) + "\n"
                             for r, v, s in rows))
     return load_labels(path)
@@ -31,10 +31,13 @@ def _labels(tmp_path) -> pl.DataFrame:
 def test_rule_kept_validity_is_counted_per_sampling(tmp_path):
     report = evaluate(_labels(tmp_path), Templates(PromptConfig()))
     # the rules drop the author-voice text; the vague one passes them and is not valid by reading
-    assert (report["rule_valid"], report["rule_valid_truly_valid"]) == (4, 2)
+    assert (report["rule_valid"], report["rule_valid_truly_valid"]) == (5, 3)
     by = report["by_sampling"]
-    assert by[quality.sampling_key(OLD)] == {"labelled": 3, "rule_valid": 2, "rule_valid_truly_valid": 1}
-    assert by[quality.sampling_key(NEW | {"seed": 9})] == {"labelled": 2, "rule_valid": 2, "rule_valid_truly_valid": 1}
+    assert by[quality.sampling_key(OLD)] == {"labelled": 3, "rule_valid": 2, "rule_valid_truly_valid": 1,
+                                             "rule_valid_polarised": 1}
+    # the mixed one is valid but not of the asked tone
+    assert by[quality.sampling_key(NEW | {"seed": 9})] == {"labelled": 3, "rule_valid": 3, "rule_valid_truly_valid": 2,
+                                                           "rule_valid_polarised": 1}
 
 
 def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
@@ -42,11 +45,13 @@ def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "VALIDITY_MEASURED", measured)
     measured.write_text(json.dumps({"rules_version": "r1", "rule_valid": 10, "rule_valid_truly_valid": 5,
                                     "labelled": 12, "by_sampling": {quality.sampling_key(NEW): {
-                                        "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4}}}))
+                                        "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4,
+                                        "rule_valid_polarised": 3}}}))
     same = quality.validity_estimate("r1", NEW | {"seed": 0})
-    assert same["same_sampling"] and same["value"] == 1.0 and same["n"] == 4
+    assert same["same_sampling"] and same["value"] == 1.0 and same["n"] == 4 and same["polarised"]["value"] == 0.75
+    assert "of the asked tone" in " ".join(quality.describe({"validity": same}))
     other = quality.validity_estimate("r1", OLD)
-    assert not other["same_sampling"] and other["value"] == 0.5 and other["n"] == 10
+    assert not other["same_sampling"] and other["value"] == 0.5 and other["n"] == 10 and "polarised" not in other
     assert "sampled with other settings" in " ".join(quality.describe({"validity": other}))
     assert quality.validity_estimate("edited rules", NEW) == {}  # other rules: not measured, nothing borrowed
 

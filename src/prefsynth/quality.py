@@ -83,9 +83,13 @@ def validity_estimate(rules_version: str, sampling: dict | None = None) -> dict:
     same = (v.get("by_sampling") or {}).get(sampling_key(sampling or {}))
     m = same if same and same.get("rule_valid") else v
     lo, hi = wilson(m["rule_valid_truly_valid"], m["rule_valid"])
-    return {"value": round(m["rule_valid_truly_valid"] / m["rule_valid"], 4), "low": round(lo, 4),
-            "high": round(hi, 4), "n": m["rule_valid"], "labelled": m.get("labelled"),
-            "same_sampling": m is same}
+    out = {"value": round(m["rule_valid_truly_valid"] / m["rule_valid"], 4), "low": round(lo, 4),
+           "high": round(hi, 4), "n": m["rule_valid"], "labelled": m.get("labelled"), "same_sampling": m is same}
+    if m is same and "rule_valid_polarised" in m:  # per setting only: the tone depends on how texts were sampled
+        k = m["rule_valid_polarised"]
+        plo, phi = wilson(k, m["rule_valid"])
+        out["polarised"] = {"value": round(k / m["rule_valid"], 4), "low": round(plo, 4), "high": round(phi, 4)}
+    return out
 
 
 def describe(q: dict) -> list[str]:
@@ -107,4 +111,7 @@ def describe(q: dict) -> list[str]:
         sample = "texts sampled like these" if v.get("same_sampling") else "texts sampled with other settings"
         lines.append(f"valid reviews among those the validity rules keep (hand-labelled {sample}, n={v['n']}): "
                      f"{Estimate(v['value'], v['low'], v['high'])}")
+        if p := v.get("polarised"):
+            lines.append(f"valid and of the asked tone, read by hand (mixed and neutral texts count as not; the label "
+                         f"noise above counts flipped tone only): {Estimate(p['value'], p['low'], p['high'])}")
     return lines

@@ -55,7 +55,10 @@ def evaluate(labels: pl.DataFrame, templates: Templates) -> dict:
     report["rule_valid_truly_valid"] = int(passed.get_column("valid").sum())
     report["by_sampling"] = {
         key: {"labelled": int((f.get_column("sampling") == key).sum()), "rule_valid": g.height,
-              "rule_valid_truly_valid": int(g.get_column("valid").sum())}
+              "rule_valid_truly_valid": int(g.get_column("valid").sum()),
+              # valid and read as the tone it was asked for (mixed and neutral texts are not)
+              "rule_valid_polarised": int((g.get_column("valid") & (g.get_column("label") == g.get_column("polarity")))
+                                          .sum())}
         for (key,), g in passed.group_by("sampling", maintain_order=True)}
     report["rules_version"] = rules_version(templates)
     return report
@@ -77,7 +80,10 @@ def lines(report: dict) -> list[str]:
     for key, m in report.get("by_sampling", {}).items():
         k, n = m["rule_valid_truly_valid"], m["rule_valid"]
         lo, hi = wilson(k, n)
-        out.append(f"  sampled with {key}: kept by the rules and valid {k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}] "
+        p = m["rule_valid_polarised"]
+        plo, phi = wilson(p, n)
+        out.append(f"  sampled with {key}: kept by the rules and valid {k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}], "
+                   f"valid and of the asked tone {p}/{n} = {p / n:.1%} [{plo:.1%}, {phi:.1%}] "
                    f"(labelled {m['labelled']})")
     return out
 
