@@ -29,7 +29,7 @@ VARIANTS: dict[str, dict] = {
     "stop, T 0.5": {"stop": ["\n\n"], "temperature": 0.5},
     "stop, T 0.3": {"stop": ["\n\n"], "temperature": 0.3},
     "stop, T 0.5, rep 1.1": {"stop": ["\n\n"], "temperature": 0.5, "repetition_penalty": 1.1},
-    "default: stop, T 0.5, rep 1.05": {"stop": ["\n\n"], "temperature": 0.5, "repetition_penalty": 1.05},
+    "stop, T 0.5, rep 1.05": {"stop": ["\n\n"], "temperature": 0.5, "repetition_penalty": 1.05},
     "stop, T 0.5, freq 0.5": {"stop": ["\n\n"], "temperature": 0.5, "frequency_penalty": 0.5},
     "stop, T 0.7, freq 0.5": {"stop": ["\n\n"], "frequency_penalty": 0.5},
 }
@@ -66,9 +66,8 @@ def main() -> int:
     cfg = GenerateConfig()
     titles = collect(CollectConfig(source=a.titles, n=a.n, seed=a.seed)).titles
     out = Path(a.out)
-    if out.exists() and json.loads(out.read_text())["titles"] == titles and set(json.loads(out.read_text())["seconds"]) == set(VARIANTS):
-        run = json.loads(out.read_text())
-    else:
+    run = json.loads(out.read_text()) if out.exists() else {}
+    if run.get("titles") != titles or set(run.get("seconds", {})) != set(VARIANTS):
         from vllm import SamplingParams
 
         from prefsynth.engines import close_backends, get_backend
@@ -115,6 +114,10 @@ def main() -> int:
                 r = json.loads(line)
                 labels[(f"{r['variant']}|{r['title']}|{r['polarity']}", r["review"])] = r
     passed = df.filter(~pl.col("rejected"))
+    # today's defaults, in the same terms as VARIANTS (off settings left out), to mark the variant they are
+    defaults = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens} | (
+        {"repetition_penalty": cfg.repetition_penalty} if cfg.repetition_penalty != 1.0 else {}) | (
+        {"stop": cfg.stop_strings()} if cfg.stop_strings() else {})
     if a.dump:
         chosen = a.dump_variants.split(";") if a.dump_variants else list(VARIANTS)
         rows = [{"id": r["id"], "title": r["title"], "review": r["review"]} for r in passed.iter_rows(named=True)
@@ -123,10 +126,11 @@ def main() -> int:
         Path(a.dump).write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {len(rows)} texts to label to {a.dump} (variant and asked polarity hidden)", file=sys.stderr)
 
-    print(f"{len(titles)} titles x 2 polarities per variant, one sample each, same seeds; "
-          f"texts the rules reject: any filter (build) or validity rule")
-    print(f"{'variant':32} {'tokens':>7} {'s':>6} {'rejected neg':>13} {'rejected pos':>13} {'tone ok':>8} "
-          f"{'labelled':>8}  valid+polarised among passed, and per sample")
+    lines = [f"{len(titles)} titles x 2 polarities per variant, one sample each, same seeds; texts the rules reject: "
+             f"any filter (build) or validity rule; tone ok: the text judge agrees with the asked tone",
+             f"{'variant':32} {'tokens':>7} {'s':>6} {'rejected neg':>13} {'rejected pos':>13} {'tone ok':>8} "
+             f"{'labelled':>8}  valid+polarised among passed (; of all samples, when every passed text is labelled)"]
+    print("\n".join(lines))
     for name in VARIANTS:
         v = df.filter(pl.col("variant") == name)
         rej = {pol: v.filter(pl.col("polarity") == pol).get_column("rejected").mean() for pol in POLARITIES}
@@ -136,11 +140,16 @@ def main() -> int:
                if (i, text) in labels]
         good = sum(1 for r in lab if r["valid"] and r["label"] == r["asked"])
         lo, hi = wilson(good, len(lab)) if lab else (float("nan"), float("nan"))
-        # per sample: every rule-passed text was labelled, so good/len(v) is the share of all samples that are good
-        share = (f"{good}/{len(lab)} = {good / len(lab):.0%} [{lo:.0%}, {hi:.0%}]; {good / v.height:.0%}"
-                 if lab else "-")
-        print(f"{name:32} {run['tokens'][name]:7d} {run['seconds'][name]:6.1f} {rej['negative']:13.2f} "
-              f"{rej['positive']:13.2f} {vp.get_column('tone_ok').mean() or 0:8.2f} {len(lab):8d}  {share}")
+        share = f"{good}/{len(lab)} = {good / len(lab):.0%} [{lo:.0%}, {hi:.0%}]" if lab else "-"
+        if lab and len(lab) == vp.height:  # every passed text read: good / samples is the share of all samples
+            share += f"; {good / v.height:.0%}"
+        label = name + (" (default)" if BASE | VARIANTS[name] == defaults else "")
+        lines.append(f"{label:32} {run['tokens'][name]:7d} {run['seconds'][name]:6.1f} {rej['negative']:13.2f} "
+                     f"{rej['positive']:13.2f} {vp.get_column('tone_ok').mean() or 0:8.2f} {len(lab):8d}  {share}")
+        print(lines[-1])
+    results = ROOT / "bench" / "results" / "source_variants.txt"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
     return 0
 
 
