@@ -40,8 +40,9 @@ class GenerateConfig:
     top_p: float = opt(0.95, "nucleus sampling")
     repetition_penalty: float = opt(1.05, "vLLM's repetition penalty (1 = off) on tokens of the prompt and the "
                                           "review so far: a small model then neither loops nor copies the examples")
-    stop: list[str] = opt(["\n\n"], "the review ends at the first of these strings (\\n = newline; default: the "
-                                      "first blank line, one paragraph: later ones drift into talk about the review)")
+    stop: list[str] = opt(["\n\n"], "the review ends at the first of these strings (comma-separated, \\n = newline; "
+                                      "'' for none; default: the first blank line, one paragraph: later ones drift "
+                                      "into talk about the review)")
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
