@@ -59,8 +59,8 @@ def main() -> int:
     if tok_per_s == tok_per_s:
         measured.parent.mkdir(parents=True, exist_ok=True)
         measured.write_text(json.dumps({"titles": titles, "tokens_per_second": tok_per_s}))
-    elif measured.exists() and json.loads(measured.read_text())["titles"] == titles:
-        tok_per_s = json.loads(measured.read_text())["tokens_per_second"]
+    elif measured.exists() and (before := json.loads(measured.read_text()))["titles"] == titles:
+        tok_per_s = before["tokens_per_second"]
     labels = {}
     if Path(a.labels).exists():
         for line in Path(a.labels).read_text().splitlines():
