@@ -29,10 +29,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-peers experiment dpo-speed judge-eval judge-train validity-eval clean
+.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-writer writer bench-peers experiment dpo-speed judge-eval judge-train validity-eval clean
 
 help:
-	@echo "make install           build .venv ($(DEVICE)) and convert the bundled model"
+	@echo "make install           build .venv ($(DEVICE)), convert the bundled model, merge the writer"
 	@echo "make paired            DPO dataset  (N= OUT= MODEL= TITLES= ARGS=)"
 	@echo "make unpaired          KTO dataset  (same variables; reuses cached generations)"
 	@echo "make test              the test suite (what CI runs)"
@@ -45,6 +45,8 @@ help:
 	@echo "make train-kto         LoRA KTO adapter + evaluation (same variables)"
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
 	@echo "make bench-yield       pairs kept, valid pairs and cost at 1, 2 and 4 candidates per review"
+	@echo "make bench-writer      the writer vs the bundled model on held-out titles, side by side (N= ARGS=)"
+	@echo "make writer            retrain the writer adapter (data/writer) on the accepted hand-read reviews (~40 min)"
 	@echo "make bench-peers N=300 the same job through prefsynth, distilabel and curator: speed and a crash each (ARGS=)"
 	@echo "make experiment        steered vs sampled pairs x DPO/KTO, judged on held-out titles (ARGS=, ~see docs/training.md)"
 	@echo "make dpo-speed         DPO seconds per step before/after precomputed reference log-probs"
@@ -136,6 +138,13 @@ engine-stop:
 # Yield at the source (docs/quality.md): kept and valid pairs and generation cost at 1, 2 and 4 candidates
 bench-yield: install
 	$(PY) bench/yield_table.py $(if $(N),--n $(N)) $(ARGS)
+
+bench-writer: install
+	$(PY) bench/writer.py $(if $(N),--n $(N)) $(ARGS)
+
+# LoRA SFT of the bundled model on the generated reviews that were read and accepted (prefsynth.train.writer)
+writer: install
+	$(PY) -m prefsynth train-writer $(ARGS)
 
 # The same job through prefsynth, distilabel and curator (each from its own venv under .state/peers), one vLLM
 # server for all: speed side by side and a SIGKILL at half way each (docs/peers.md)

@@ -41,6 +41,8 @@ def build_data(args, pairing: str, out: Path) -> dict:
     from prefsynth.pipeline import PipelineConfig, run
 
     cfg = PipelineConfig()
+    # the experiment's measured setting: the base model writes its own pairs, at its own best temperature
+    cfg.generate.model, cfg.generate.temperature = "bundled", 0.5
     cfg.collect.source, cfg.collect.n = args.titles, args.n
     cfg.build.out, cfg.build.formats, cfg.build.pairing = out, "both", pairing
     cfg.build.min_margin, cfg.build.validation_fraction = args.min_margin, args.validation_fraction
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
     from prefsynth.collect import CollectConfig, collect
     from prefsynth.generate import GenerateConfig
     from prefsynth.prompts import PromptConfig, Templates
-    from prefsynth.train.compare import base_model, compare, held_out_titles, merge_adapter
+    from prefsynth.model import merge_adapter
+    from prefsynth.train.compare import base_model, compare, held_out_titles
 
     from experiment_report import write_results
 
@@ -143,7 +146,8 @@ def main(argv=None) -> int:
                 args, work / f"data-{p}", mode, work / f"train-{name}"))
             merged = work / f"merged-{name}"
             evals[name] = stage(work, f"reviews-{name}", lambda name=name, merged=merged: reviews(
-                name, str(merge_adapter(Path(runs[name]["out"]), base, merged)), titles, templates, gen, base,
+                name, str(merge_adapter(Path(base.path), Path(runs[name]["out"]), merged)), titles, templates, gen,
+                base,
                 work))
     if args.speed_steps and "steered" in pairings:
         runs_speed = stage(work, "speed-dpo-no-precompute", lambda: speed_check(args, work / "data-steered",

@@ -63,7 +63,7 @@ def main() -> int:
 
     quiet_libraries()
     templates = Templates(PromptConfig())
-    cfg = GenerateConfig()
+    cfg = GenerateConfig(model="bundled", temperature=0.5)  # the labels are of the bundled model's texts
     titles = collect(CollectConfig(source=a.titles, n=a.n, seed=a.seed)).titles
     out = Path(a.out)
     run = json.loads(out.read_text()) if out.exists() else {}
@@ -75,7 +75,7 @@ def main() -> int:
         model = resolve_model(cfg.model)
         backend = get_backend(model, cfg)
         # Seeds from the keys of the sampling these variants started from, so they do not move with the defaults.
-        seeded = GenerateConfig(**BASE, repetition_penalty=1.0, stop=[])
+        seeded = GenerateConfig(model="bundled", **BASE, repetition_penalty=1.0, stop=[])
         jobs = [(t, pol, generation_key(model, templates, seeded, t, pol)) for t in titles for pol in POLARITIES]
         prompts = [prompt_for(backend, templates, cfg, t, pol) for t, pol, _ in jobs]
         run = {"titles": titles, "rows": [], "seconds": {}, "tokens": {}}
@@ -114,7 +114,7 @@ def main() -> int:
                 r = json.loads(line)
                 labels[(f"{r['variant']}|{r['title']}|{r['polarity']}", r["review"])] = r
     passed = df.filter(~pl.col("rejected"))
-    # today's defaults, in the same terms as VARIANTS (off settings left out), to mark the variant they are
+    # the bundled model's settings (cfg) in the terms of VARIANTS (off settings left out), to mark that variant
     defaults = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens} | (
         {"repetition_penalty": cfg.repetition_penalty} if cfg.repetition_penalty != 1.0 else {}) | (
         {"stop": cfg.stop_strings()} if cfg.stop_strings() else {})
@@ -143,7 +143,7 @@ def main() -> int:
         share = f"{good}/{len(lab)} = {good / len(lab):.0%} [{lo:.0%}, {hi:.0%}]" if lab else "-"
         if lab and len(lab) == vp.height:  # every passed text read: good / samples is the share of all samples
             share += f"; {good / v.height:.0%}"
-        label = name + (" (default)" if BASE | VARIANTS[name] == defaults else "")
+        label = name + (" (bundled model's setting)" if BASE | VARIANTS[name] == defaults else "")
         lines.append(f"{label:32} {run['tokens'][name]:7d} {run['seconds'][name]:6.1f} {rej['negative']:13.2f} "
                      f"{rej['positive']:13.2f} {vp.get_column('tone_ok').mean() or 0:8.2f} {len(lab):8d}  {share}")
         print(lines[-1])

@@ -40,17 +40,19 @@ def main() -> int:
     from prefsynth.collect import CollectConfig, collect
     from prefsynth.engines import close_backends
     from prefsynth.generate import GenerateConfig, generate
-    from prefsynth.judge import JudgeConfig, JudgeSetup, judge
+    from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
+    from prefsynth.rounds import round_tokens
 
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
-    gen_cfg = GenerateConfig(candidates=max(ns))
+    # the labels are of the bundled model's texts, sampled at its best temperature
+    gen_cfg = GenerateConfig(model="bundled", temperature=0.5, candidates=max(ns))
     templates = Templates(PromptConfig())
     titles = collect(CollectConfig(source=a.titles, n=a.n, seed=a.seed)).titles
     gens = generate(titles, templates, gen_cfg)
-    judged = judge(gens, templates, JudgeConfig(), JudgeSetup.of(gens.model, gen_cfg))
+    judged = judge(gens, templates, JudgeConfig(), JudgeSetup.of(gens.model, gen_cfg, JudgeConfig()))
     close_backends()
     rows = gens.rows
     # Throughput is only measured when something was generated; a rerun on the cache reuses that run's figure.
@@ -77,7 +79,7 @@ def main() -> int:
         sub = rows.filter(pl.col("candidate") < n)
         out = build(sub, titles, templates, cfg, judged.scores)
         kept = out.frames["paired"]["train"]
-        tokens = _round_tokens(rows, judged, templates, cfg, gens, n)
+        tokens = round_tokens(gens, Judged(judged.scores), templates, cfg, n)
         good = labelled = 0
         for r in kept.iter_rows(named=True):
             c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
@@ -106,28 +108,6 @@ def main() -> int:
         Path(a.dump).write_text("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in dump.values()))
         print(f"{len(dump)} reviews to label written to {a.dump}")
     return 0
-
-
-def _round_tokens(rows, judged, templates, cfg, gens, n: int) -> int:
-    """Tokens the pipeline's rounds would generate at n candidates: candidate k only for unsettled reviews."""
-    import polars as pl
-
-    from prefsynth.generate import Generations
-    from prefsynth.judge import Judged
-    from prefsynth.rounds import settled
-
-    need = set(rows.select("title", "polarity").unique().iter_rows())
-    tokens = 0
-    for k in range(n):
-        part = rows.filter((pl.col("candidate") == k)
-                           & pl.struct("title", "polarity").map_elements(lambda r: (r["title"], r["polarity"]) in need,
-                                                                         return_dtype=pl.Boolean))
-        tokens += int(part.get_column("completion_tokens").sum())
-        so_far = rows.filter(pl.col("candidate") <= k)
-        need -= settled(Generations(so_far, gens.model), Judged(judged.scores), templates, cfg)
-        if not need:
-            break
-    return tokens
 
 
 if __name__ == "__main__":

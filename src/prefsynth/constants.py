@@ -9,6 +9,7 @@ PROMPTS_DIR = ROOT / "prompts"
 DEFAULT_TITLES = ROOT / "data" / "titles.txt"
 OUT_DIR = ROOT / "data" / "out"
 DEFAULT_OUT = OUT_DIR / "reviewer2"  # what `make paired` writes and `make train-dpo` reads
+WRITER_DIR = ROOT / "data" / "writer"  # the shipped LoRA adapter of the default writer (`make writer` rebuilds it)
 
 # The dataset's shape: two configs (Hub "subsets"), each with the same two splits.
 CONFIG_NAMES = ("paired", "unpaired")

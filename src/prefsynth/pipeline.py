@@ -179,11 +179,14 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
     from prefsynth.validity import rules_version
 
     judge = str(judged.stats.get("judge", ""))
-    acc = quality.judge_accuracy(judge, gens.model.fingerprint, templates.hash_for("judge"))
-    q = {"judge": judge, "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
+    judge_fp = str(judged.stats.get("judge_model_fingerprint") or gens.model.fingerprint)
+    acc = quality.judge_accuracy(judge, judge_fp, templates.hash_for("judge"))
+    q = {"judge": judge, "judge_model": judged.stats.get("judge_model"),
+         "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":
-        q["validity"] = quality.validity_estimate(rules_version(templates), cfg.generate.sampling())
+        sampling = cfg.generate.sampling() | quality.writer_tag(gens.model.name, gens.model.fingerprint)
+        q["validity"] = quality.validity_estimate(rules_version(templates), sampling)
     return q
 
 

@@ -70,8 +70,16 @@ def noise_estimate(stats: dict, accuracy: dict, chosen: str) -> dict:
 
 def sampling_key(sampling: dict) -> str:
     """The sampling settings a text was made with, as one comparable string (the seed left out: it only picks which
-    sample, not how texts are sampled)."""
+    sample, not how texts are sampled). A "model" entry names a writer other than the bundled model."""
     return json.dumps({k: v for k, v in sampling.items() if k != "seed"}, sort_keys=True)
+
+
+def writer_tag(name: str, fingerprint: str) -> dict:
+    """What joins the sampling key for texts of a model other than the bundled one (labels made before the writer
+    carry no tag: they were all written by the bundled model)."""
+    from prefsynth.model import BUNDLED_NAME
+
+    return {} if name == BUNDLED_NAME else {"model": f"{name}@{fingerprint[:12]}"}
 
 
 def validity_estimate(rules_version: str, sampling: dict | None = None) -> dict:
@@ -99,7 +107,8 @@ def describe(q: dict) -> list[str]:
     judge = q.get("judge", "?")
     shown = [f"{s} {a['accuracy']:.1%} [{a['low']:.1%}, {a['high']:.1%}] (n={a['n']})"
              for s, a in acc.items() if isinstance(a, dict) and "accuracy" in a and s != "real-dev"]
-    lines.append(f"polarity judge: {judge}; measured accuracy: " + ("; ".join(shown) if shown else "not measured "
+    on = f" on {q['judge_model']}" if q.get("judge_model") else ""
+    lines.append(f"polarity judge: {judge}{on}; measured accuracy: " + ("; ".join(shown) if shown else "not measured "
                  "for this model and judge (run make judge-eval)"))
     n = q.get("noise") or {}
     if n:

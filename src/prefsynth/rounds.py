@@ -76,7 +76,7 @@ def generate_judged(titles: list[str], templates: Templates, gen_cfg: GenerateCo
         j = None
         if judge_cfg.enabled:
             todo = worth_judging(gens_parts, g, templates, build_cfg) if judge_cfg.skip_rejected else g
-            j = step(judge, "judge")(todo, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg))
+            j = step(judge, "judge")(todo, templates, judge_cfg, JudgeSetup.of(g.model, gen_cfg, judge_cfg))
             j.stats["skipped_rejected"] = g.rows.height - todo.rows.height
             judged_parts.append(j)
         per_round.append(len(need))
@@ -118,3 +118,20 @@ def _concat_judged(parts: list[Judged]) -> Judged:
         return parts[0]
     scores = pl.concat([p.scores for p in parts], how="vertical_relaxed")
     return Judged(scores, _merge_stats([p.stats for p in parts]))
+
+
+def round_tokens(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig, n: int) -> int:
+    """Tokens the rounds above would generate at n candidates, counted on a run that sampled all n for every
+    review: candidate k only for the reviews no earlier candidate settled."""
+    rows = gens.rows
+    need = set(rows.select("title", "polarity").unique().iter_rows())
+    tokens = 0
+    for k in range(n):
+        part = rows.filter(pl.col("candidate") == k).filter(
+            pl.struct("title", "polarity").map_elements(lambda r: (r["title"], r["polarity"]) in need,
+                                                        return_dtype=pl.Boolean))
+        tokens += int(part.get_column("completion_tokens").sum())
+        need -= settled(Generations(rows.filter(pl.col("candidate") <= k), gens.model), judged, templates, cfg)
+        if not need:
+            break
+    return tokens

@@ -1,6 +1,7 @@
 """How right are the validity rules? Precision and recall against generated reviews labelled by reading them.
 
-`tests/data/validity_labels.jsonl` holds one generated review per line: `title`, `polarity` (the instruction that
+`tests/data/validity_labels.jsonl` (and `writer_eval_labels.jsonl`, the same fields) holds one generated review per
+line: `title`, `polarity` (the instruction that
 generated it), `review` (as the build cleans it), and a reader's verdict: `valid` (a review of this paper in its
 reviewer's voice), `label` (its tone: negative, positive, mixed, neutral), `reasons` (what is wrong with it,
 in the rules' vocabulary plus `incoherent` and `other`) and `sampling` (the settings it was sampled with: texts
@@ -25,10 +26,15 @@ from prefsynth.quality import VALIDITY_MEASURED, sampling_key
 from prefsynth.validity import REASONS, rules_version, validity_flags
 
 LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
+# Kept reviews of the writer and of the bundled model on titles the writer never saw (bench/writer.py); kept apart
+# so that retraining the writer on LABELS cannot train on them.
+WRITER_EVAL_LABELS = ROOT / "tests" / "data" / "writer_eval_labels.jsonl"
+ALL_LABELS = (LABELS, WRITER_EVAL_LABELS)
 
 
-def load_labels(path: Path = LABELS) -> pl.DataFrame:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def load_labels(*paths: Path) -> pl.DataFrame:
+    rows = [json.loads(line) for path in (paths or ALL_LABELS) if Path(path).exists()
+            for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in rows:
         r["sampling"] = sampling_key(r.get("sampling") or {})
     return pl.DataFrame(rows, schema_overrides={"reasons": pl.List(pl.Utf8)})

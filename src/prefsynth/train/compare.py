@@ -16,10 +16,8 @@ rerun regenerates nothing). The reviews are scored by
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -43,24 +41,6 @@ class Written:
     name: str
     rows: pl.DataFrame  # title, text, negative (head), lexicon, valid, reasons
     seconds: float
-
-
-def merge_adapter(adapter: Path, base: ModelRef, out: Path) -> Path:
-    """Base weights + LoRA adapter, merged and saved as a plain model folder vLLM can load."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base.path).save_pretrained(out)
-    # The base folder's own config (vLLM reads e.g. rope_theta from its top level); the weights are what changed.
-    for name in ("config.json", "generation_config.json"):
-        if (Path(base.path) / name).exists():
-            shutil.copyfile(Path(base.path) / name, out / name)
-    return out
 
 
 def write_reviews(name: str, model_path: str, titles: list[str], templates: Templates, gen: GenerateConfig,

@@ -1,0 +1,129 @@
+"""The writer against the bundled model, side by side in one run, on titles the writer was not trained on.
+
+For each model: 4 candidates per (title, polarity), judged by the bundled model's head + the text judge (the writer
+is judged by the model it was trained from); then, as bench/yield_table.py does, for n = 1, 2, 4: titles that yield
+a pair, the tokens the pipeline's rounds would generate, and, for kept pairs whose two reviews were read by hand
+(tests/data/writer_eval_labels.jsonl, matched by title and text), the share that are valid reviews of the asked tone.
+
+    .venv/bin/python bench/writer.py --n 60                       # make bench-writer
+    .venv/bin/python bench/writer.py --n 60 --dump /tmp/w         # /tmp/w.txt to read blind, /tmp/w.key.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ROOT / "tests" / "data" / "writer_eval_labels.jsonl"
+
+
+def heldout_titles(n: int, seed: int) -> list[str]:
+    """n titles of data/titles.txt that the shipped writer never saw in training, sorted."""
+    from prefsynth.constants import DEFAULT_TITLES, WRITER_DIR
+    from prefsynth.prompts import PromptConfig, Templates
+    from prefsynth.train.writer import RECORD, examples
+    from prefsynth.train.writer_config import WriterConfig
+
+    record = WRITER_DIR / RECORD
+    seen = set(json.loads(record.read_text())["titles"]) if record.exists() else \
+        {e["title"] for e in examples(WriterConfig().label_paths(), Templates(PromptConfig()))}
+    pool = [t for t in dict.fromkeys(line.strip() for line in DEFAULT_TITLES.read_text().splitlines()) if t and
+            t not in seen]
+    return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=60, help="held-out titles")
+    p.add_argument("--seed", type=int, default=8, help="which titles are sampled")
+    p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
+                   "(default: each model at its measured best; no temperature: generate's default)")
+    p.add_argument("--candidates", default="1,2,4")
+    p.add_argument("--labels", default=str(LABELS))
+    p.add_argument("--dump", default=None, help="write the kept reviews of every model, shuffled, without model or "
+                                                "asked tone, to DUMP.txt (and the key to DUMP.key.json)")
+    a = p.parse_args()
+
+    import polars as pl
+
+    from prefsynth.build import BuildConfig, build
+    from prefsynth.cli import quiet_libraries
+    from prefsynth.engines import close_backends
+    from prefsynth.generate import GenerateConfig, generate
+    from prefsynth.judge import JudgeConfig, JudgeSetup, judge
+    from prefsynth.noise import wilson
+    from prefsynth.prompts import PromptConfig, Templates
+    from prefsynth.quality import writer_tag
+    from prefsynth.rounds import round_tokens
+
+    quiet_libraries()
+    ns = [int(x) for x in a.candidates.split(",")]
+    titles = heldout_titles(a.n, a.seed)
+    templates = Templates(PromptConfig())
+    labels = {}
+    if Path(a.labels).exists():
+        for line in Path(a.labels).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                labels[(r["title"], r["review"])] = r
+    cfg = BuildConfig(validation_fraction=0.0)
+    lines = [f"{len(titles)} held-out titles (seed {a.seed}); judged by the bundled model's head + text judge",
+             f"{'model':<34} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "
+             f"{'labelled':>8} {'valid+polarised pairs':>24} {'texts':>18}"]
+    print("\n".join(lines))
+    dump: dict[tuple[str, str], dict] = {}
+    for spec in a.models.split(","):
+        name, _, temperature = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        gen_cfg = GenerateConfig(model=name, candidates=max(ns))
+        if temperature:
+            gen_cfg.temperature = float(temperature)
+        gens = generate(titles, templates, gen_cfg)
+        jcfg = JudgeConfig(model="bundled")  # every model's reviews judged alike, by the judge that was measured
+        judged = judge(gens, templates, jcfg, JudgeSetup.of(gens.model, gen_cfg, jcfg))
+        tag = writer_tag(gens.model.name, gens.model.fingerprint).get("model", gens.model.name)
+        shown = f"{gens.model.name} T {gen_cfg.temperature}"
+        for n in ns:
+            out = build(gens.rows.filter(pl.col("candidate") < n), titles, templates, cfg, judged.scores)
+            kept = out.frames["paired"]["train"]
+            tokens = round_tokens(gens, judged, templates, cfg, n)
+            good = labelled = texts_good = texts = 0
+            for r in kept.iter_rows(named=True):
+                sides = ((r["chosen"][0]["content"], "negative"), (r["rejected"][0]["content"], "positive"))
+                found = []
+                for text, pol in sides:
+                    dump.setdefault((r["title"], text), {"title": r["title"], "polarity": pol, "review": text,
+                                                         "model": tag, "sampling": gen_cfg.sampling() | (
+                                                             {"model": tag} if tag != gens.model.name else {})})
+                    if (lab := labels.get((r["title"], text))) is not None:
+                        ok = bool(lab["valid"] and lab["label"] == pol)
+                        found.append(ok)
+                        texts += 1
+                        texts_good += ok
+                if len(found) == 2:
+                    labelled += 1
+                    good += all(found)
+            lo, hi = wilson(good, labelled)
+            share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
+            tshare = f"{texts_good}/{texts} = {texts_good / texts:.0%}" if texts else "-"
+            lines.append(f"{shown:<34} {n:>2} {kept.height:>10} {kept.height / len(titles):>14.0%} "
+                         f"{tokens:>10} {labelled:>8} {share:>24} {tshare:>18}")
+            print(lines[-1])
+    close_backends()
+    out = ROOT / "bench" / "results" / "writer.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    if a.dump:
+        items = [v for v in dump.values() if (v["title"], v["review"]) not in labels]
+        random.Random(2026).shuffle(items)
+        Path(a.dump + ".key.json").write_text(json.dumps(items, ensure_ascii=False))
+        Path(a.dump + ".txt").write_text("".join(f"[{i}] {v['title']}\n{v['review']}\n\n" for i, v in enumerate(items)))
+        print(f"{len(items)} unlabelled kept reviews written to {a.dump}.txt (key: {a.dump}.key.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
