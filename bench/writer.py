@@ -72,7 +72,7 @@ def main() -> int:
                 labels[(r["title"], r["review"])] = r
     cfg = BuildConfig(validation_fraction=0.0)
     lines = [f"{len(titles)} held-out titles (seed {a.seed}); judged by the bundled model's head + text judge",
-             f"{'model':<34} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "
+             f"{'model':<38} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "
              f"{'labelled':>8} {'valid+polarised pairs':>24} {'texts':>18}"]
     print("\n".join(lines))
     dump: dict[tuple[str, str], dict] = {}
@@ -109,7 +109,7 @@ def main() -> int:
             lo, hi = wilson(good, labelled)
             share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
             tshare = f"{texts_good}/{texts} = {texts_good / texts:.0%}" if texts else "-"
-            lines.append(f"{shown:<34} {n:>2} {kept.height:>10} {kept.height / len(titles):>14.0%} "
+            lines.append(f"{shown:<38} {n:>2} {kept.height:>10} {kept.height / len(titles):>14.0%} "
                          f"{tokens:>10} {labelled:>8} {share:>24} {tshare:>18}")
             print(lines[-1])
     close_backends()

@@ -28,8 +28,8 @@ from prefsynth.shared_store import Tiered
 
 @dataclass
 class GenerateConfig:
-    # The writer (bench/writer.py, docs/quality.md): on 60 held-out titles, 81% instead of 48% of kept pairs valid and
-    # of the asked tone (blind-read labels), 95% instead of 87% of titles with a pair, a third fewer tokens.
+    # The writer (bench/writer.py, docs/quality.md): on 60 held-out titles, 77% instead of 48% of kept pairs valid and
+    # of the asked tone (blind-read labels), 95% instead of 87% of titles with a pair, 43% fewer tokens.
     model: str = opt("writer", "'writer' (SmolLM2-135M-Instruct + the writer adapter in data/writer, judged by the "
                                "bundled model), 'bundled' (SmolLM2-135M-Instruct), a local folder or a Hugging Face "
                                "model id", alias="model")
@@ -37,8 +37,8 @@ class GenerateConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "auto: float32 on CPU (faster than bf16 without AMX), bfloat16 on GPU")
     # Stop and repetition penalty were chosen side by side for the bundled model on 40 titles
-    # (bench/source_variants.py, docs/quality.md; best there with T 0.5). The writer keeps as many good pairs at
-    # T 0.7 as at 0.5 (81% of kept pairs on held-out titles), yields more titles and writes more varied text.
+    # (bench/source_variants.py, docs/quality.md; best there with T 0.5). The writer kept as many good pairs at
+    # T 0.7 as at 0.5 (81% of kept pairs on held-out titles, one sample each), yields more titles, varies more.
     temperature: float = opt(0.7, "sampling temperature (the bundled model did best at 0.5: --model bundled "
                                    "--generate.temperature 0.5)")
     top_p: float = opt(0.95, "nucleus sampling")

@@ -90,9 +90,24 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
                   "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
                   "loss_last": losses[-1] if losses else None, "seconds": round(seconds, 1)}
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        describe(tmp, record)
     say(f"writer adapter -> {out} ({record['steps']} steps, loss {record['loss_first']} -> {record['loss_last']}, "
         f"{seconds:.0f} s)")
     return record
+
+
+def describe(folder: Path, record: dict) -> None:
+    """Our own README in place of PEFT's template, and the base named instead of this machine's path to it."""
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = record["base"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (folder / "README.md").write_text(
+        f"# prefsynth writer adapter\n\nLoRA adapter (r {record['lora']['r']}, alpha {record['lora']['alpha']}) for "
+        f"{record['base']}, trained by `make writer` (prefsynth/train/writer.py) on {record['examples']} generated "
+        f"reviews of {len(record['titles'])} titles that a reader labelled valid and of the asked tone "
+        f"(tests/data). `--model writer` merges it into the bundled model. Its training record: writer.json. "
+        f"How it was measured: docs/quality.md#the-writer.\n")
 
 
 def _targets(spec: str):
