@@ -51,7 +51,8 @@ def describe(stage: str, result: Any) -> str | None:
         return (f"{s.get('generated', 0):.0f} reviews generated, {s.get('reused', 0):.0f} reused from the generation "
                 f"cache{pulled} ({s.get('completion_tokens', 0):.0f} tokens, {s.get('tokens_per_second', 0):.1f} tok/s)")
     if stage == "judge":
-        return "judged: " + ", ".join(f"{k} {v}" for k, v in sorted(result.stats.items()))
+        return "judged: " + ", ".join(f"{k} {v}" for k, v in sorted(result.stats.items())
+                                      if not k.endswith("_fingerprint"))  # the model's name says it
     if stage == "build":
         return "built: " + "; ".join(f"{c} " + ", ".join(f"{s} {n}" for s, n in splits.items())
                                      for c, splits in result.stats.get("rows", {}).items())
