@@ -59,17 +59,13 @@ def main() -> int:
     from prefsynth.prompts import PromptConfig, Templates
     from prefsynth.quality import writer_tag
     from prefsynth.rounds import round_tokens
+    from prefsynth.validity_eval import labels_by_text
 
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
     titles = heldout_titles(a.n, a.seed)
     templates = Templates(PromptConfig())
-    labels = {}
-    if Path(a.labels).exists():
-        for line in Path(a.labels).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                labels[(r["title"], r["review"])] = r
+    labels = labels_by_text(Path(a.labels))
     cfg = BuildConfig(validation_fraction=0.0)
     lines = [f"{len(titles)} held-out titles (seed {a.seed}); judged by the bundled model's head + text judge",
              f"{'model':<38} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "

@@ -44,6 +44,7 @@ def main() -> int:
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
     from prefsynth.rounds import round_tokens
+    from prefsynth.validity_eval import labels_by_text
 
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
@@ -63,12 +64,7 @@ def main() -> int:
         measured.write_text(json.dumps({"titles": titles, "tokens_per_second": tok_per_s}))
     elif measured.exists() and (before := json.loads(measured.read_text()))["titles"] == titles:
         tok_per_s = before["tokens_per_second"]
-    labels = {}
-    if Path(a.labels).exists():
-        for line in Path(a.labels).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                labels[(r["title"], r["review"])] = r
+    labels = labels_by_text(Path(a.labels))
     cfg = BuildConfig(validation_fraction=0.0)
     lines = [f"{len(titles)} titles, candidates generated at {tok_per_s:.0f} tok/s; judge: {judged.stats.get('judge')}",
              f"{'n':>2} {'pairs kept':>11} {'titles w/ pair':>15} {'gen tokens':>11} {'est. gen s':>11} "

@@ -40,13 +40,18 @@ def test_rule_kept_validity_is_counted_per_sampling(tmp_path):
                                                            "rule_valid_polarised": 1}
 
 
-def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
+def _measured(tmp_path, monkeypatch) -> None:
+    """A validity.json with one figure for texts sampled with NEW and one over all labels."""
     measured = tmp_path / "validity.json"
     monkeypatch.setattr(quality, "VALIDITY_MEASURED", measured)
     measured.write_text(json.dumps({"rules_version": "r1", "rule_valid": 10, "rule_valid_truly_valid": 5,
                                     "labelled": 12, "by_sampling": {quality.sampling_key(NEW): {
                                         "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4,
                                         "rule_valid_polarised": 3}}}))
+
+
+def test_a_build_quotes_the_figure_for_its_own_sampling(tmp_path, monkeypatch):
+    _measured(tmp_path, monkeypatch)
     same = quality.validity_estimate("r1", NEW | {"seed": 0})
     assert same["same_sampling"] and same["value"] == 1.0 and same["n"] == 4 and same["polarised"]["value"] == 0.75
     assert "of the asked tone" in " ".join(quality.describe({"validity": same}))
@@ -74,12 +79,7 @@ def test_a_writers_texts_are_their_own_setting(tmp_path, monkeypatch):
     assert quality.writer_tag("SmolLM2-135M-Instruct", "ab" * 32) == {}
     tag = quality.writer_tag("SmolLM2-135M-Instruct + writer", "cd" * 32)
     assert tag == {"model": "SmolLM2-135M-Instruct + writer@" + "cd" * 6}
-    measured = tmp_path / "validity.json"
-    monkeypatch.setattr(quality, "VALIDITY_MEASURED", measured)
-    measured.write_text(json.dumps({"rules_version": "r1", "rule_valid": 10, "rule_valid_truly_valid": 5,
-                                    "labelled": 12, "by_sampling": {quality.sampling_key(NEW): {
-                                        "labelled": 4, "rule_valid": 4, "rule_valid_truly_valid": 4,
-                                        "rule_valid_polarised": 3}}}))
+    _measured(tmp_path, monkeypatch)
     assert not quality.validity_estimate("r1", NEW | tag)["same_sampling"]
 
 

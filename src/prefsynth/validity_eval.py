@@ -40,6 +40,15 @@ def load_labels(*paths: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema_overrides={"reasons": pl.List(pl.Utf8)})
 
 
+def labels_by_text(path: Path) -> dict[tuple[str, str], dict]:
+    """The labels of one file by (title, review text): how the benches find the labels of the texts they kept."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {(r["title"], r["review"]): r for r in rows}
+
+
 def _pr(pred: pl.Series, gold: pl.Series) -> dict:
     tp = int((pred & gold).sum())
     fp = int((pred & ~gold).sum())
