@@ -22,6 +22,12 @@ class LoraSettings:
     dropout: float = opt(0.05, "LoRA dropout (TRL's disable_dropout is turned off so this value is really used)")
     targets: str = opt("all-linear", "modules to adapt: 'all-linear' or a comma list such as q_proj,v_proj")
 
+    def target_modules(self) -> str | list[str]:
+        """`targets` as PEFT's LoraConfig takes it."""
+        if self.targets == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
 
 @dataclass
 class EvalSettings:

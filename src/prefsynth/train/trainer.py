@@ -199,8 +199,7 @@ def build_trainer(cfg: TrainConfig, data: Data, model, tokenizer, device: Device
     )
     peft_config = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none", task_type="CAUSAL_LM",
-        target_modules=cfg.lora.targets if cfg.lora.targets == "all-linear"
-        else [t.strip() for t in cfg.lora.targets.split(",") if t.strip()],
+        target_modules=cfg.lora.target_modules(),
     )
     from trl.trainer.utils import disable_dropout_in_model
 

@@ -20,7 +20,6 @@ from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.train.trainer import progress_callback
 from prefsynth.train.writer_config import WriterConfig
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RECORD = "writer.json"
 
 
@@ -72,7 +71,7 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
                          bf16=torch.cuda.is_available(), gradient_checkpointing=False,
                          use_cpu=not torch.cuda.is_available())
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=_targets(cfg.lora.targets), task_type="CAUSAL_LM")
+                          target_modules=cfg.lora.target_modules(), task_type="CAUSAL_LM")
         train = Dataset.from_list([{k: d[k] for k in ("prompt", "completion")} for d in data])
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=lora,
                              callbacks=[progress_callback(say)])  # a line per logged step: ~30 s a step on 2 cores
@@ -108,10 +107,6 @@ def describe(folder: Path, record: dict) -> None:
         f"reviews of {len(record['titles'])} titles that a reader labelled valid and of the asked tone "
         f"(tests/data). `--model writer` merges it into the bundled model. Its training record: writer.json. "
         f"How it was measured: docs/quality.md#the-writer.\n")
-
-
-def _targets(spec: str):
-    return "all-linear" if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
 def _sha(path: Path) -> str:
