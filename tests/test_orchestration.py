@@ -93,7 +93,7 @@ def test_handoff_reference_is_the_hub_commit_when_published_else_the_folder():
 
 def test_run_names_say_what_is_built():
     assert orchestrate.run_name({"collect": {"n": None}, "build": {"formats": "both"}}, "refresh") == \
-        "refresh: both, all titles, bundled"
+        "refresh: both, all titles, writer"  # the default generator
     assert orchestrate.run_name({"collect": {"n": 12}, "generate": {"model": "/tmp/tiny/"}, "build": {
         "formats": "paired"}}, "paired") == "paired: 12 titles, tiny"
     assert orchestrate.run_name({"collect": {"n": "many"}}) == "build-dataset: invalid config"
