@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from prefsynth.judge import (JudgeConfig, evaluate, label_token_ids, lexicon_scores, load_eval_set)
+from prefsynth.judge import JudgeConfig, label_token_ids, lexicon_scores
+from prefsynth.judge_eval import EVAL_SETS, by_kind, load_set
+
+
+def load_eval_set() -> list[dict]:
+    return load_set(EVAL_SETS["synthetic"])
 
 
 def p_value_vs_chance(accuracy: float, n: int) -> float:
@@ -38,7 +43,7 @@ def test_label_tokens_are_distinct_first_tokens(tiny_model):
 
 def test_lexicon_judge_beats_chance_clearly():
     rows = load_eval_set()
-    report = evaluate(rows, None, None, JudgeConfig())
+    report = by_kind(rows, None, None, JudgeConfig())
     acc = report["accuracy"]["lexicon"]
     assert acc >= 0.6 and p_value_vs_chance(acc, len(rows)) < 0.02, report
     assert report["by_kind"]["lexicon"]["plain"] >= 0.9
@@ -56,7 +61,7 @@ def test_combined_judge_on_bundled_model_beats_chance(bundled_model):
 
     rows = load_eval_set()
     backend = get_backend(resolve_model("bundled"), GenerateConfig(backend="transformers"))
-    report = evaluate(rows, backend, Templates(PromptConfig()), JudgeConfig())
+    report = by_kind(rows, backend, Templates(PromptConfig()), JudgeConfig())
     acc = report["accuracy"]
     assert acc["combined"] >= 0.6 and p_value_vs_chance(acc["combined"], len(rows)) < 0.02, report
     assert acc["llm"] >= acc["llm_raw"]  # calibration removes the label prior, it must not make things worse

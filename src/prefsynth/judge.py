@@ -28,7 +28,6 @@ import polars as pl
 from prefsynth import faults
 from prefsynth.cache import make_key
 from prefsynth.config import opt
-from prefsynth.constants import ROOT
 from prefsynth.engines import Backend, get_backend
 from prefsynth.generate import Generations, cache_root
 from prefsynth.model import ModelRef, resolve_model
@@ -64,6 +63,8 @@ class JudgeConfig:
     text: bool = opt(True, "also score with the text judge (TF-IDF ridge fitted on 4,870 real ICLR reviews, "
                            "data/judge/text_judge.json.gz; independent of the generating model) and average it in")
     text_weight: float = opt(0.5, "weight of the text judge in the verdict (the head, or LLM + lexicon, gets the rest)")
+    text_sure: float = opt(0.4, "a review the text judge alone is this sure of (|P(negative) - 0.5| >= this) skips the "
+                                "LLM pass and takes the text judge's verdict; 0.5: every review gets the LLM pass")
     model: str | None = opt(None, "model the LLM judge and the head run on ('bundled', a folder or a Hub id); None: "
                                   "the generating model, or for the writer the bundled model it was trained from")
     engine_url: str | None = opt(None, "a `prefsynth engine` server holding --judge.model, when that differs from "
@@ -255,6 +256,19 @@ def active_text_judge(cfg: JudgeConfig) -> TextJudge | None:
     return TextJudge.load() if cfg.text else None
 
 
+def text_is_sure(p_text, sure: float):
+    """Where the text judge alone decides (floats or polars expressions): it is at least `sure` away from 0.5. At
+    0.4 no verdict of the LLM-based judges changed on 4,839 generated reviews (docs/quality.md); the LLM pass is the
+    judge's whole cost."""
+    return abs(p_text - 0.5) >= sure
+
+
+def cascade(base, text, weight: float, sure: float):
+    """The verdict when the text judge decides alone where it is sure (floats only; the judge stage writes the same
+    as a polars expression): the one place this rule is written for the evaluation."""
+    return text if text_is_sure(text, sure) else with_text(base, text, weight)
+
+
 def with_text(base, text, weight: float):
     """The verdict with the text judge averaged in (floats or polars expressions): the one place this is written."""
     return weight * text + (1 - weight) * base
@@ -313,11 +327,16 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
     store.sweep()
     keys = gens.rows.get_column("key").to_list()
     texts = gens.rows.get_column("text").str.strip_chars().to_list()
+    text = active_text_judge(cfg)
+    p_text = text.p_negative(texts) if text is not None else []  # microseconds a review: never cached
+    sure = cfg.text_sure if text is not None and cfg.llm and cfg.text_sure < 0.5 else None
+    decided = [i for i, p in enumerate(p_text) if sure is not None and text_is_sure(p, sure)]
     jkeys = [make_key(gen=k, judge=fingerprint) for k in keys]
-    have = store.load(set(jkeys))
+    ask = sorted(set(range(len(keys))) - set(decided))
+    have = store.load({jkeys[i] for i in ask})
     have_keys = set(have.get_column("key").to_list())
-    todo = [i for i, jk in enumerate(jkeys) if jk not in have_keys]
-    stats: dict[str, object] = {"reviews": len(keys), "judged": len(todo), "reused": len(keys) - len(todo),
+    todo = [i for i in ask if jkeys[i] not in have_keys]
+    stats: dict[str, object] = {"reviews": len(keys), "judged": len(todo), "reused": len(ask) - len(todo),
                                 "judge_model": model.name, "judge_model_fingerprint": model.fingerprint,
                                 "judge": f"head {head.fingerprint}" if head else
                                 ("llm+lexicon" if cfg.llm and cfg.lexicon else "llm" if cfg.llm else "lexicon")}
@@ -332,56 +351,26 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
                 journal.add({"key": jkeys[i], "gen_key": keys[i], "judge_llm": llm, "judge_lexicon": lex,
                              "judge_head": h})
         t_llm = time.time() - t1
-        have = store.load(set(jkeys))
+        have = store.load({jkeys[i] for i in ask})
     scores = have.select("gen_key", "judge_llm", "judge_lexicon", "judge_head").rename({"gen_key": "key"})
+    if decided:  # the text judge decided these alone: no LLM pass, so no LLM or head score
+        lex = lexicon_scores([excerpt(texts[i], cfg.max_words) for i in decided]) if cfg.lexicon else None
+        nan = [float("nan")] * len(decided)
+        scores = pl.concat([scores, pl.DataFrame({"key": [keys[i] for i in decided], "judge_llm": nan,
+                                                  "judge_lexicon": lex or nan, "judge_head": nan},
+                                                 schema=scores.schema)])
     negative = pl.col("judge_head") if head is not None else combine(pl.col("judge_llm"), pl.col("judge_lexicon"), cfg)
-    text = active_text_judge(cfg)
-    if text is not None:  # microseconds a review and never cached: scored here, on the whole text
-        by_key = dict(zip(keys, texts))
-        scores = scores.with_columns(pl.Series("judge_text", text.p_negative([by_key[k] for k in scores["key"]]),
-                                               dtype=pl.Float64))
+    if text is not None:
+        by_key = dict(zip(keys, p_text))
+        scores = scores.with_columns(pl.Series("judge_text", [by_key[k] for k in scores["key"]], dtype=pl.Float64))
         negative = with_text(negative, pl.col("judge_text"), cfg.text_weight)
         stats["judge"] = f"{stats['judge']} + text {text.fingerprint}"
+        if sure is not None:
+            negative = pl.when(text_is_sure(pl.col("judge_text"), sure)).then(pl.col("judge_text")).otherwise(negative)
+            stats["judge"] = f"{stats['judge']} sure {sure:g}"
+            stats["text_decided"] = len(decided)
     scores = scores.with_columns(negative.alias("judge_negative"))
     if head is None:
         scores = scores.drop("judge_head")
     stats.update(llm_seconds=round(t_llm, 2), seconds=round(time.time() - t0, 2))
     return Judged(scores, stats)
-
-
-EVAL_SET = ROOT / "data" / "judge" / "synthetic_eval.jsonl"  # short reviews written for prefsynth
-
-
-def evaluate(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) -> dict:
-    """Accuracy of each judge on reviews with known polarity, overall and per kind.
-
-    A score of exactly 0.5 is "undecided" and counts as half right, the expected score of breaking the tie with a
-    coin: a judge that says nothing scores chance (0.5), never more. `undecided` reports how often that happened.
-    """
-    texts = [r["review"] for r in rows]
-    truth = [r["label"] == "negative" for r in rows]
-    scores: dict[str, list[float]] = {"lexicon": lexicon_scores(texts)}
-    if backend is not None:
-        scores["llm_raw"] = llm_scores(backend, templates, texts, calibrate=False)
-        scores["llm"] = llm_scores(backend, templates, texts, calibrate=True)
-        scores["combined"] = [combined_score(a, b, cfg.llm_weight) for a, b in zip(scores["llm"], scores["lexicon"])]
-
-    def acc(vals: list[float], idx: list[int]) -> float:
-        right = sum(0.5 if vals[i] == 0.5 else float((vals[i] > 0.5) == truth[i]) for i in idx)
-        return round(right / len(idx), 4)
-
-    kinds = sorted({r.get("kind", "all") for r in rows})
-    out: dict = {"n": len(rows), "negative": sum(truth), "accuracy": {}, "by_kind": {}, "undecided": {}}
-    everything = list(range(len(rows)))
-    for name, vals in scores.items():
-        out["accuracy"][name] = acc(vals, everything)
-        out["undecided"][name] = sum(v == 0.5 for v in vals)
-        out["by_kind"][name] = {k: acc(vals, [i for i, r in enumerate(rows) if r.get("kind", "all") == k])
-                                for k in kinds}
-    return out
-
-
-def load_eval_set(path: Path = EVAL_SET) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

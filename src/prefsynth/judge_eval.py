@@ -21,8 +21,8 @@ import numpy as np
 from prefsynth.constants import ROOT
 from prefsynth.errors import UserError
 from prefsynth.fsutil import atomic_write_text
-from prefsynth.judge import (JudgeConfig, active_text_judge, combined_score, excerpt, lexicon_features,
-                             score_reviews, with_text)
+from prefsynth.judge import (JudgeConfig, active_text_judge, cascade, combined_score, excerpt, lexicon_features,
+                             lexicon_scores, llm_scores, score_reviews, with_text)
 from prefsynth.noise import wilson
 from prefsynth.polarity_head import PolarityHead, answer_token_ids, cross_validated_accuracy
 from prefsynth.prompts import Templates
@@ -106,6 +106,9 @@ def evaluate(backend, templates: Templates, cfg: JudgeConfig, head: PolarityHead
             judges["text"] = t = text.p_negative([r["review"] for r in rows])
             base = "head" if "head" in judges else "combined" if "combined" in judges else "lexicon"
             judges[f"{base}+text"] = [with_text(b, x, cfg.text_weight) for b, x in zip(judges[base], t)]
+            if base != "lexicon" and cfg.text_sure < 0.5:  # the build's verdict: the text judge alone where sure
+                judges[f"{base}+text sure {cfg.text_sure:g}"] = [cascade(b, x, cfg.text_weight, cfg.text_sure)
+                                                                 for b, x in zip(judges[base], t)]
         report["sets"][name] = {"n": len(rows), "negative": sum(truth), "path": str(Path(path).relative_to(ROOT))}
         for judge, vals in judges.items():
             report["judges"].setdefault(judge, {})[name] = accuracy(vals, truth)
@@ -114,7 +117,8 @@ def evaluate(backend, templates: Templates, cfg: JudgeConfig, head: PolarityHead
 
 def table(report: dict, trained_on: str | None) -> list[str]:
     sets = list(report["sets"])
-    head = f"{'judge':9}" + "".join(f" {s + ' (n=' + str(report['sets'][s]['n']) + ')':>26}" for s in sets)
+    w = max([9, *map(len, report["judges"])])
+    head = f"{'judge':{w}}" + "".join(f" {s + ' (n=' + str(report['sets'][s]['n']) + ')':>26}" for s in sets)
     lines = [head]
     for judge, by_set in report["judges"].items():
         cells = []
@@ -123,7 +127,7 @@ def table(report: dict, trained_on: str | None) -> list[str]:
             mark = "*" if ("head" in judge or "text" in judge) and s == trained_on else " "
             cells.append(f" {a['accuracy']:.3f} [{a['low']:.3f}, {a['high']:.3f}]{mark}".rjust(26) if a else
                          " " * 26)
-        lines.append(f"{judge:9}" + "".join(cells))
+        lines.append(f"{judge:{w}}" + "".join(cells))
     if trained_on in sets:
         lines.append(f"* trained on {trained_on}: not a measurement")
     return lines
@@ -162,3 +166,33 @@ def read_measured() -> dict:
         return json.loads(MEASURED.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def by_kind(rows: list[dict], backend, templates: Templates, cfg: JudgeConfig) -> dict:
+    """Plain accuracy of the lexicon, LLM (raw and calibrated) and combined judges on a set, overall and per kind
+    (plain, sarcastic, mixed, ...): what the tests hold the judges to on the synthetic set.
+
+    A score of exactly 0.5 is "undecided" and counts as half right, the expected score of breaking the tie with a
+    coin: a judge that says nothing scores chance (0.5), never more. `undecided` reports how often that happened.
+    """
+    texts = [r["review"] for r in rows]
+    truth = [r["label"] == "negative" for r in rows]
+    scores: dict[str, list[float]] = {"lexicon": lexicon_scores(texts)}
+    if backend is not None:
+        scores["llm_raw"] = llm_scores(backend, templates, texts, calibrate=False)
+        scores["llm"] = llm_scores(backend, templates, texts, calibrate=True)
+        scores["combined"] = [combined_score(a, b, cfg.llm_weight) for a, b in zip(scores["llm"], scores["lexicon"])]
+
+    def acc(vals: list[float], idx: list[int]) -> float:
+        right = sum(0.5 if vals[i] == 0.5 else float((vals[i] > 0.5) == truth[i]) for i in idx)
+        return round(right / len(idx), 4)
+
+    kinds = sorted({r.get("kind", "all") for r in rows})
+    out: dict = {"n": len(rows), "negative": sum(truth), "accuracy": {}, "by_kind": {}, "undecided": {}}
+    everything = list(range(len(rows)))
+    for name, vals in scores.items():
+        out["accuracy"][name] = acc(vals, everything)
+        out["undecided"][name] = sum(v == 0.5 for v in vals)
+        out["by_kind"][name] = {k: acc(vals, [i for i, r in enumerate(rows) if r.get("kind", "all") == k])
+                                for k in kinds}
+    return out

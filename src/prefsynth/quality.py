@@ -28,11 +28,14 @@ def _read(path: Path) -> dict:
 
 def parse_judge(judge: str) -> tuple[str, str | None, str | None]:
     """(measured name, head fingerprint, text-judge fingerprint) of a judge stage's `judge` string, e.g.
-    'head 04a4a10f11fdefee + text 1b2c...' -> ('head+text', '04a4a10f11fdefee', '1b2c...')."""
+    'head 04a4a10f11fdefee + text 1b2c... sure 0.4' -> ('head+text sure 0.4', '04a4a10f11fdefee', '1b2c...')
+    (sure: the text judge decides alone where it is that sure, judge.text_sure)."""
     base, _, text = judge.partition(" + text ")
+    text, _, sure = text.partition(" sure ")
     head = base.split(" ", 1)[1] if base.startswith("head ") else None
     name = "head" if head else "combined" if base == "llm+lexicon" else base
-    return (f"{name}+text" if text else name), head, (text or None)
+    name = f"{name}+text" if text else name
+    return (f"{name} sure {sure}" if sure else name), head, (text or None)
 
 
 def judge_accuracy(judge: str, model_fingerprint: str, template_hash: str) -> dict:
