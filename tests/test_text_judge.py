@@ -91,7 +91,8 @@ def test_the_judge_stage_sends_only_unsure_texts_to_the_engine(text, tiny_model,
     assert asked == [len(CONTENT_FREE), 1]  # the calibration probes, then the one unsure text
     assert scores["ku"]["judge_llm"] == scores["ku"]["judge_llm"]  # read by the LLM judge (not nan)
     for k in ("kn", "kp"):
-        assert scores[k]["judge_llm"] != scores[k]["judge_llm"] and scores[k]["judge_negative"] == scores[k]["judge_text"]
+        assert scores[k]["judge_llm"] != scores[k]["judge_llm"]  # nan: no LLM pass
+        assert scores[k]["judge_negative"] == scores[k]["judge_text"]
     every = judge(Generations(rows, model), templates, JudgeConfig(text_sure=0.5), setup)
     assert every.stats["judged"] == 2 and every.stats["reused"] == 1 and "sure" not in every.stats["judge"]
     assert every.scores.get_column("judge_llm").is_nan().sum() == 0

@@ -47,12 +47,26 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("hearsay", "The paper by the team at the University of Cambridge proposes sparse attention."),
     ("author_voice", "The experiments on long documents are weak; we have failed to meet our previous goals."),
     ("meta_talk", "The sparse attention paper is strong. If I have any further suggestions, I will send them."),
+    ("hearsay", "The attention results are weak, and the paper has also been criticized for its lack of baselines."),
+    ("hearsay", "The sparse attention method has been extensively discussed by experts in the field."),
+    ("incoherent", "The attention experiments are weak. The paper concludes by stating that it rejects the paper."),
+    ("incoherent", "The baselines are old, and the paper concludes by rejecting the paper's own findings."),
+    ("wrong_paper", "The sparse attention results are biased towards certain species and climate models."),
 ])
+
 
 
 def test_each_reason_fires_on_its_failure(templates, reason, text):
     flags = _flags(templates, text)
     assert flags[reason] and flags["invalid"], flags
+
+
+def test_a_reviewer_may_still_speak_of_rejection(templates):
+    """"Reject" in a reviewer's own verdict, or a paper's statistics, is not the paper rejecting itself."""
+    for text in ("The experiments are weak and the gains within noise. I recommend rejecting the paper.",
+                 "The paper concludes by stating that it does not reject the null hypothesis, which its data support.",
+                 "The sparse attention paper should be rejected: the baselines are weak."):
+        assert not _flags(templates, text)["incoherent"], text
 
 
 def test_hearsay_leaves_the_reviewers_own_words_alone(templates):

@@ -50,9 +50,9 @@ class BuildConfig:
     near_duplicate: float = opt(0.8, "drop reviews whose 5-char-shingle Jaccard similarity to an earlier review "
                                      "(MinHash estimate) reaches this; 1.0 disables")
     invalid: Literal["drop", "flag", "keep"] = opt(
-        "drop", "texts that are not the reviewer's review of the paper (author voice, meta-talk, instruction echo, "
-                "copied examples, wrong paper, not about the paper; prefsynth/validity.py): drop, keep with a "
-                "flag, or ignore")
+        "drop", "texts that are not the reviewer's review of the paper (author voice, meta-talk, hearsay, "
+                "instruction echo, copied examples, wrong paper, not about the paper, incoherent; "
+                "prefsynth/validity.py): drop, keep with a flag, or ignore")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
         "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
                 "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")

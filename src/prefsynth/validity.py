@@ -19,7 +19,7 @@ import polars as pl
 from prefsynth.prompts import POLARITIES, Templates
 
 REASONS = ("author_voice", "meta_talk", "hearsay", "instruction_echo", "copies_examples", "wrong_paper",
-           "not_about_paper", "repeats_itself")
+           "not_about_paper", "repeats_itself", "incoherent")
 
 # The writer presents the work as its own, or announces it.
 _AUTHOR = (
@@ -39,8 +39,12 @@ _AUTHOR = (
 # others", "is considered to be"), or who wrote the work: a submission is anonymous, so names, teams and
 # universities in a review are made up ("The paper by Zheng and Liu", "the team at the University of ...").
 _HEARSAY = (
-    r"(?i)\b(?:has|have|had)\s+been\s+(?:\w+ly\s+)?(?:criticized|criticised|praised|reviewed|recognized|recognised"
-    r"|acclaimed|rejected|accepted|hailed|described\s+by|pointed\s+out\s+by)\b"
+    r"(?i)\b(?:has|have|had)\s+(?:also\s+|already\s+|\w+ly\s+)?been\s+(?:\w+ly\s+)?(?:criticized|criticised|praised"
+    r"|reviewed|recognized|recognised|acclaimed|rejected|accepted|hailed|described\s+by|pointed\s+out|discussed\s+by"
+    r"|proven\s+(?:wrong|incorrect|false)|published\s+in)\b"
+    r"|(?i)\b(?:it\s+has\s+been|it\s+was)\s+reported\s+that\b"
+    r"|(?i)\bby\s+(?:experts|several\s+researchers|previous\s+work)\b|(?i)\b(?:brilliant|talented)\s+minds?\b"
+    r"|(?i)\bwritten\s+by\s+(?:one\s+of|a\s+team|professor|prof\.|dr\.)|(?i)\bthis\s+team\b|(?i)\bprof(?:essor|\.)\s"
     r"|(?i)\b(?:was|were)\s+(?:\w+ly\s+)?(?:criticized|criticised|praised|rejected|accepted|hailed)\b"
     r"|(?i)\b(?:criticized|criticised|praised|described|pointed\s+out|recognized)\s+by\s+(?:others|many|several|some"
     r"|experts)\b"
@@ -49,6 +53,15 @@ _HEARSAY = (
     r"|(?i)\bthe\s+team\s+(?:at|from)\b|(?i)\buniversity\s+of\b|(?i)\bet\s+al\b"
     # names: capitalised words, case-sensitive (an (?i) above would otherwise reach this alternative too)
     r"|(?-i:\bby\s+(?:Dr\.\s+)?[A-Z][a-z]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-z]+)?(?:,\s+[A-Z][a-z]+)*,?\s+and\s+[A-Z][a-z]+)"
+)
+# Formulas that cannot be a reviewer's sentence: the paper rejecting itself ("The paper concludes by stating that it
+# rejects the paper"), a tic the writer learned from its training reviews.
+_INCOHERENT = (
+    r"(?i)\bconclude[sd]?\s+(?:by|with)\s+rejecting\b"
+    r"|(?i)\bconclude[sd]?\s+(?:by|with)\s+(?:stating|saying|claiming)\s+that\s+(?:it|the\s+paper)\s+"
+    r"(?:has\s+been\s+|has\s+|is\s+|was\s+)?(?:rejects|rejected)\b"
+    r"|(?i)\b(?:paper|it)\s+(?:has\s+|had\s+)?(?:rejects|rejected)\s+(?:the\s+paper|itself|it)\b"
+    r"|(?i)\bthe\s+paper\s+rejects\b|(?i)\bpaper'?s\s+rejection\b"
 )
 # The text is about a review, a reviewer or feedback, not about the paper.
 _META = (
@@ -72,7 +85,8 @@ _META = (
 _OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clinical", "laser", "physics", "chemistry",
               "genome", "genetics", "astronomy", "geology", "economics", "psychology", "sociology", "agriculture",
               "pharmaceutical", "surgery", "ecology", "neuroscience", "education", "teaching", "screening",
-              "journal", "health", "disease", "diseases", "crop", "crops", "brain", "storytelling", "urban")
+              "journal", "health", "disease", "diseases", "crop", "crops", "brain", "storytelling", "urban", "climate",
+              "species", "plants")
 # A text about a paper says so: one of these words, or a content word of the title.
 _PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|results?|experiments?|model|models"
                 r"|contributions?|manuscript|submission|analysis|proposed|technique|framework|dataset|benchmarks?"
@@ -177,6 +191,7 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
         (pl.col("_off_field") | _other_title(out, review, title)).alias("invalid_wrong_paper"),
         (~text.str.contains(_PAPER_WORDS) & ~_shares_title_word(out, review, title)).alias("invalid_not_about_paper"),
         _repeats_sentence(text).alias("invalid_repeats_itself"),
+        text.str.contains(_INCOHERENT).alias("invalid_incoherent"),
     ).drop("_quoted", "_off_field")
     cols = [f"invalid_{r}" for r in REASONS]
     return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
@@ -223,6 +238,7 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), str(_COPY_N),
-                      "repeat5", str(_COPY_CONTENT), repr(instruction_words(templates)), repr(example_phrases(templates))])
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
+                      str(_COPY_N), "repeat5", str(_COPY_CONTENT), repr(instruction_words(templates)),
+                      repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
