@@ -245,7 +245,7 @@ def _tree_rss(pid: int) -> int:
 
 def _engine(action: str, a: argparse.Namespace, state: Path, port: int = 0) -> None:
     """scripts/engine.sh, what `make engine` / `make engine-stop` run, with its state (PID file, log) in `state`."""
-    env = {**os.environ, "PREFSYNTH_STATE": str(state), "ENGINE_PORT": str(port), "MODEL": a.model}
+    env = {**os.environ, "PREFSYNTH_STATE": str(state), "ENGINE_PORT": str(port), "MODEL": a.pipeline_model or ""}
     proc = subprocess.run([str(ROOT / "scripts" / "engine.sh"), action], env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"engine {action} failed:\n{proc.stdout}{proc.stderr}")
@@ -271,8 +271,10 @@ def pipeline_figures(a: argparse.Namespace) -> dict:
     def build(n: int, mode: str, engine: tuple[int, str] | None) -> dict:
         titles.write_text("\n".join(chosen[:n]) + "\n")
         cmd = [sys.executable, "-m", "prefsynth", "build", "--titles", str(titles), "--n", "all", "--out",
-               str(base / mode / "out"), "--cache", str(base / mode / "cache"), "--model", a.model,
+               str(base / mode / "out"), "--cache", str(base / mode / "cache"),
                "--formats", "both", "--summary-json", str(base / "summary.json")]
+        if a.pipeline_model:  # else the build's own default generator, as `make paired` runs it
+            cmd += ["--model", a.pipeline_model]
         if engine:
             cmd += ["--engine", engine[1]]
         t0 = time.time()
@@ -374,6 +376,8 @@ def main() -> int:
                    help="prompts for the one-at-a-time baseline (a rate: a subset measures it fairly)")
     p.add_argument("--rows", type=int, default=100_000, help="cached generations for the build timing")
     p.add_argument("--pipeline", action="store_true", help="also run a real build + 10%% refresh")
+    p.add_argument("--pipeline-model", default=None,
+                   help="with --pipeline: the generating model of the builds (default: the build's default, the writer)")
     p.add_argument("--pipeline-n", type=int, default=300,
                    help="titles in the full build (at most 10/11 of the titles file: the rest is the refresh)")
     p.add_argument("--no-engine-mode", dest="engine_mode", action="store_false",

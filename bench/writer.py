@@ -39,6 +39,9 @@ def heldout_titles(n: int, seed: int) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=60, help="held-out titles")
+    p.add_argument("--titles", default=None, help="sample the titles from this file instead (e.g. the NeurIPS 2023 "
+                                                  "titles in ../shared/data, which no prefsynth model or rule saw)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "writer.txt"), help="results file")
     p.add_argument("--seed", type=int, default=8, help="which titles are sampled")
     p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
                    "(default: each model at its measured best; no temperature: generate's default)")
@@ -63,11 +66,16 @@ def main() -> int:
 
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
-    titles = heldout_titles(a.n, a.seed)
+    if a.titles:
+        pool = list(dict.fromkeys(t.strip() for t in Path(a.titles).read_text(encoding="utf-8").splitlines()))
+        titles = sorted(random.Random(a.seed).sample([t for t in pool if t], a.n))
+    else:
+        titles = heldout_titles(a.n, a.seed)
     templates = Templates(PromptConfig())
     labels = labels_by_text(Path(a.labels))
     cfg = BuildConfig(validation_fraction=0.0)
-    lines = [f"{len(titles)} held-out titles (seed {a.seed}); judged by the bundled model's head + text judge",
+    lines = [f"{len(titles)} held-out titles (seed {a.seed}{', from ' + Path(a.titles).name if a.titles else ''}); "
+             f"judged by the bundled model's head + text judge",
              f"{'model':<38} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "
              f"{'labelled':>8} {'valid+polarised pairs':>24} {'texts':>18}"]
     print("\n".join(lines))
@@ -109,7 +117,7 @@ def main() -> int:
                          f"{tokens:>10} {labelled:>8} {share:>24} {tshare:>18}")
             print(lines[-1])
     close_backends()
-    out = ROOT / "bench" / "results" / "writer.txt"
+    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     if a.dump:

@@ -52,6 +52,9 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention experiments are weak. The paper concludes by stating that it rejects the paper."),
     ("incoherent", "The baselines are old, and the paper concludes by rejecting the paper's own findings."),
     ("wrong_paper", "The sparse attention results are biased towards certain species and climate models."),
+    ("incoherent", "The paper's lack of transparency and lack of transparency make the attention results unclear."),
+    ("incoherent", "The attention results raise transparency and transparency issues on long documents."),
+    ("meta_talk", "The sparse attention paper shows how a single review can inspire others to explore new ideas."),
 ])
 
 
@@ -59,6 +62,12 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
 def test_each_reason_fires_on_its_failure(templates, reason, text):
     flags = _flags(templates, text)
     assert flags[reason] and flags["invalid"], flags
+
+
+def test_a_word_joined_to_another_is_no_stutter(templates):
+    for text in ("The sparse attention paper lacks transparency and rigor; the results are weak.",
+                 "The attention model was tested again and again on long documents, and the gains are small."):
+        assert not _flags(templates, text)["incoherent"], text
 
 
 def test_a_reviewer_may_still_speak_of_rejection(templates):

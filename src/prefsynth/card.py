@@ -107,7 +107,7 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
                       f"{s['noise_rate_after_filters']:.1%} after the text filters, "
                       f"{s['noise_rate_after']:.1%} in the published rows. That is the judge's view, not the truth: "
                       "the lines below say how right the judge was measured to be and what follows for the rows. "
-                      f"LLM and lexicon judges agree on {s['judge_agreement']:.1%} of reviews."]
+                      f"LLM and lexicon judges agree on {s['judge_agreement']:.1%} of the reviews both read."]
         if s.get("quality"):
             from prefsynth.quality import describe
 

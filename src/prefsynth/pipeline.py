@@ -76,7 +76,8 @@ class Summary:
             out += [f"  {line}" for line in describe(b["quality"])]
         if "noise_rate_before" in b:
             out.append(f"  judged inconsistent: {b['noise_rate_before']:.1%} of pairs before filtering -> "
-                       f"{b['noise_rate_after']:.1%} kept (LLM and lexicon agree on {b['judge_agreement']:.1%})")
+                       f"{b['noise_rate_after']:.1%} kept (LLM and lexicon agree on {b['judge_agreement']:.1%} of the "
+                       "reviews both read)")
         out.append(f"  reviews: {g.get('generated', 0):.0f} generated, {g.get('reused', 0):.0f} from cache; "
                    f"{g.get('completion_tokens', 0):.0f} tokens at {g.get('tokens_per_second', 0):.1f} tok/s")
         if w := g.get("on_workers"):

@@ -65,7 +65,7 @@ _INCOHERENT = (
 )
 # The text is about a review, a reviewer or feedback, not about the paper.
 _META = (
-    r"(?i)\b(?:this|the|your|my|a|our|his|her|their)\s+(?:own\s+)?(?:peer[- ]?)?(?:review|reviewer|feedback"
+    r"(?i)\b(?:this|the|your|my|a|our|his|her|their)\s+(?:own\s+|single\s+)?(?:peer[- ]?)?(?:review|reviewer|feedback"
     r"|critique|evaluation\s+of\s+the\s+review)s?\b"
     r"|(?i)'s\s+(?:peer[- ]?)?review\b"
     r"|(?i)\bpeer[- ]?review"
@@ -86,7 +86,7 @@ _OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clini
               "genome", "genetics", "astronomy", "geology", "economics", "psychology", "sociology", "agriculture",
               "pharmaceutical", "surgery", "ecology", "neuroscience", "education", "teaching", "screening",
               "journal", "health", "disease", "diseases", "crop", "crops", "brain", "storytelling", "urban", "climate",
-              "species", "plants")
+              "species", "plant", "plants")
 # A text about a paper says so: one of these words, or a content word of the title.
 _PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|results?|experiments?|model|models"
                 r"|contributions?|manuscript|submission|analysis|proposed|technique|framework|dataset|benchmarks?"
@@ -191,10 +191,20 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
         (pl.col("_off_field") | _other_title(out, review, title)).alias("invalid_wrong_paper"),
         (~text.str.contains(_PAPER_WORDS) & ~_shares_title_word(out, review, title)).alias("invalid_not_about_paper"),
         _repeats_sentence(text).alias("invalid_repeats_itself"),
-        text.str.contains(_INCOHERENT).alias("invalid_incoherent"),
+        (text.str.contains(_INCOHERENT) | _doubled(text)).alias("invalid_incoherent"),
     ).drop("_quoted", "_off_field")
     cols = [f"invalid_{r}" for r in REASONS]
     return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
+
+
+def _doubled(text: pl.Expr) -> pl.Expr:
+    """A word coordinated with itself ("the lack of transparency and lack of transparency", "replicability and
+    replicability"): the writer's stutter. Polars' regex has no back-references, so the pairs are extracted and their
+    first and last words compared."""
+    pairs = text.fill_null("").str.to_lowercase().str.extract_all(
+        r"\b\w{5,}\s+and\s+(?:the\s+|its\s+)?(?:lack\s+of\s+)?\w{5,}\b")
+    same = pl.element().str.extract(r"^(\w+)") == pl.element().str.extract(r"(\w+)$")
+    return pairs.list.eval(same & ~pl.element().str.starts_with("again")).list.any().fill_null(False)
 
 
 def _repeats_sentence(text: pl.Expr) -> pl.Expr:

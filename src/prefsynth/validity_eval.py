@@ -29,7 +29,9 @@ LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
 # Kept reviews of the writer and of the bundled model on titles the writer never saw (bench/writer.py); kept apart
 # so that retraining the writer on LABELS cannot train on them.
 WRITER_EVAL_LABELS = ROOT / "tests" / "data" / "writer_eval_labels.jsonl"
-ALL_LABELS = (LABELS, WRITER_EVAL_LABELS)
+# Kept reviews of the writer on NeurIPS 2023 titles (../shared/data, never in data/titles.txt), read blind.
+NEURIPS_EVAL_LABELS = ROOT / "tests" / "data" / "neurips_eval_labels.jsonl"
+ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS)
 
 
 def load_labels(*paths: Path) -> pl.DataFrame:
