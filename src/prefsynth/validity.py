@@ -44,6 +44,7 @@ _HEARSAY = (
     r"|proven\s+(?:wrong|incorrect|false)|published\s+in)\b"
     r"|(?i)\b(?:it\s+has\s+been|it\s+was)\s+reported\s+that\b"
     r"|(?i)\bby\s+(?:experts|several\s+researchers|previous\s+work)\b|(?i)\b(?:brilliant|talented)\s+minds?\b"
+    r"|(?i)\bpioneered\s+by\b|(?i)\bmaking\s+waves\b|(?i)\breceived\s+(?:several\s+|many\s+)?awards?\b"
     r"|(?i)\bwritten\s+by\s+(?:one\s+of|a\s+team|professor|prof\.|dr\.)|(?i)\bthis\s+team\b|(?i)\bprof(?:essor|\.)\s"
     r"|(?i)\b(?:was|were)\s+(?:\w+ly\s+)?(?:criticized|criticised|praised|rejected|accepted|hailed)\b"
     r"|(?i)\b(?:criticized|criticised|praised|described|pointed\s+out|recognized)\s+by\s+(?:others|many|several|some"
@@ -73,7 +74,7 @@ _META = (
     # the assistant talking to the user instead of writing the review
     r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
     r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
-    r"|(?i)\bagree\s+with\s+you\b|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
+    r"|(?i)\bagree\s+with\s+you\b|(?i)\bas\s+you\s+(?:said|mentioned|noted|pointed\s+out)\b|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
     r"|(?i)\b(?:excited|happy|glad|pleased|asked|tasked)\s+to\s+review\b|(?i)\bi'?ll\s+be\s+reviewing\b"
     # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
     r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing"
