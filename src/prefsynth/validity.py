@@ -74,7 +74,8 @@ _META = (
     # the assistant talking to the user instead of writing the review
     r"|(?i)\A\W*(?:sure|certainly|of\s+course|absolutely)\b|(?i)\b(?:happy|glad|delighted)\s+to\s+help\b"
     r"|(?i)\b(?:i'?d|i\s+would|i'?ll|i\s+will)\s+be\s+(?:happy|glad|delighted)\s+to\b|(?i)\breview\s+\d\b"
-    r"|(?i)\bagree\s+with\s+you\b|(?i)\bas\s+you\s+(?:said|mentioned|noted|pointed\s+out)\b|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
+    r"|(?i)\bagree\s+with\s+you\b|(?i)\bas\s+you\s+(?:said|mentioned|noted|pointed\s+out)\b"
+    r"|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
     r"|(?i)\b(?:excited|happy|glad|pleased|asked|tasked)\s+to\s+review\b|(?i)\bi'?ll\s+be\s+reviewing\b"
     # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
     r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing"
