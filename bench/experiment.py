@@ -47,7 +47,8 @@ def build_data(args, pairing: str, out: Path) -> dict:
     cfg.build.out, cfg.build.formats, cfg.build.pairing = out, "both", pairing
     cfg.build.min_margin, cfg.build.validation_fraction = args.min_margin, args.validation_fraction
     # Labels from the generator's own LLM judge only: the head and the lexicon stay independent for the evaluation.
-    cfg.judge.head, cfg.judge.lexicon = False, False
+    # The text judge (added after these results were measured) is off too, so the measured setting is what runs.
+    cfg.judge.head, cfg.judge.lexicon, cfg.judge.text = False, False, False
     s = run(cfg)
     print("\n".join(s.lines()), flush=True)
     b = s.stats["build"]
