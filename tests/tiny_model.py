@@ -84,6 +84,7 @@ if __name__ == "__main__":
 LOOSE_FILTERS = {"truncated": "keep", "inconsistent": "keep", "invalid": "keep", "near_duplicate": 1.0,
                  "min_chars": 1, "max_repeat": 1.0, "max_echo": 1.0}
 ONE_CANDIDATE = {"candidates": 1}
-JUDGE_ALL = {"skip_rejected": False}  # every review judged, whatever the filters say: counts stay fixed
+# Every review gets the LLM pass, whatever the filters or the text judge say: counts stay fixed.
+JUDGE_ALL = {"skip_rejected": False, "text_sure": 0.5}
 LOOSE_ARGS = [a for k, v in LOOSE_FILTERS.items() for a in (f"--build.{k}", str(v))] + [
-    "--generate.candidates", "1", "--judge.skip_rejected", "false"]
+    "--generate.candidates", "1", "--judge.skip_rejected", "false", "--judge.text_sure", "0.5"]
