@@ -56,6 +56,7 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention results raise transparency and transparency issues on long documents."),
     ("meta_talk", "The sparse attention paper shows how a single review can inspire others to explore new ideas."),
     ("meta_talk", "The sparse attention results are strong. But, as you said, the long documents are few."),
+    ("meta_talk", "The attention paper is clear. Here's a possible rewriting of the text that adds more depth:"),
     ("hearsay", "The sparse attention paper has already received several awards for its long-document results."),
     ("hearsay", "The team behind the sparse attention paper has been making waves in the field."),
 ])

@@ -78,7 +78,8 @@ _META = (
     r"|(?i)\bif\s+i\s+have\s+any\s+(?:further\s+)?suggestions\b"
     r"|(?i)\b(?:excited|happy|glad|pleased|asked|tasked)\s+to\s+review\b|(?i)\bi'?ll\s+be\s+reviewing\b"
     # editing or coaching talk: about a text being written, or feedback to "you" on "your" work
-    r"|(?i)\b(?:revised\s+version|rewrite|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing|i\s+am\s+reviewing"
+    r"|(?i)\b(?:revised\s+version|rewrite|rewriting|rewritten|this\s+sentence|i\s+wrote|i'?m\s+reviewing"
+    r"|i\s+am\s+reviewing"
     r"|about\s+to\s+review)\b"
     r"|(?i)\b(?:you'?ve|you'?re|you'?d|you\s+have|you\s+are)\b"
     r"|(?i)\byour\s+(?:work|paper|topic|approach|research|project|code|writing|article|manuscript)\b"
