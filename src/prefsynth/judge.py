@@ -264,8 +264,10 @@ def text_is_sure(p_text, sure: float):
 
 
 def cascade(base, text, weight: float, sure: float):
-    """The verdict when the text judge decides alone where it is sure (floats only; the judge stage writes the same
-    as a polars expression): the one place this rule is written for the evaluation."""
+    """The verdict when the text judge decides alone where it is sure, else the average (floats or polars
+    expressions): the one place this rule is written, for the judge stage and its evaluation."""
+    if isinstance(text, pl.Expr):
+        return pl.when(text_is_sure(text, sure)).then(text).otherwise(with_text(base, text, weight))
     return text if text_is_sure(text, sure) else with_text(base, text, weight)
 
 
@@ -363,10 +365,11 @@ def judge(gens: Generations, templates: Templates, cfg: JudgeConfig, setup: Judg
     if text is not None:
         by_key = dict(zip(keys, p_text))
         scores = scores.with_columns(pl.Series("judge_text", [by_key[k] for k in scores["key"]], dtype=pl.Float64))
-        negative = with_text(negative, pl.col("judge_text"), cfg.text_weight)
         stats["judge"] = f"{stats['judge']} + text {text.fingerprint}"
-        if sure is not None:
-            negative = pl.when(text_is_sure(pl.col("judge_text"), sure)).then(pl.col("judge_text")).otherwise(negative)
+        if sure is None:
+            negative = with_text(negative, pl.col("judge_text"), cfg.text_weight)
+        else:
+            negative = cascade(negative, pl.col("judge_text"), cfg.text_weight, sure)
             stats["judge"] = f"{stats['judge']} sure {sure:g}"
             stats["text_decided"] = len(decided)
     scores = scores.with_columns(negative.alias("judge_negative"))
