@@ -200,12 +200,15 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
     return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
 
 
+# A pair of words joined by "and" (optionally "the/its", "lack of"); `_doubled` compares its first and last word.
+_DOUBLED = r"\b\w{5,}\s+and\s+(?:the\s+|its\s+)?(?:lack\s+of\s+)?\w{5,}\b"
+
+
 def _doubled(text: pl.Expr) -> pl.Expr:
     """A word coordinated with itself ("the lack of transparency and lack of transparency", "replicability and
     replicability"): the writer's stutter. Polars' regex has no back-references, so the pairs are extracted and their
     first and last words compared."""
-    pairs = text.fill_null("").str.to_lowercase().str.extract_all(
-        r"\b\w{5,}\s+and\s+(?:the\s+|its\s+)?(?:lack\s+of\s+)?\w{5,}\b")
+    pairs = text.fill_null("").str.to_lowercase().str.extract_all(_DOUBLED)
     same = pl.element().str.extract(r"^(\w+)") == pl.element().str.extract(r"(\w+)$")
     return pairs.list.eval(same & ~pl.element().str.starts_with("again")).list.any().fill_null(False)
 
@@ -251,7 +254,7 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
                       str(_COPY_N), "repeat5", str(_COPY_CONTENT), repr(instruction_words(templates)),
                       repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
