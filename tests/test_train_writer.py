@@ -49,6 +49,20 @@ def test_examples_are_the_accepted_reviews_with_the_pipelines_prompt(labels: Pat
     assert rows[2]["prompt"][1]["content"] == templates.generation("Paper C", "positive")
 
 
+def test_examples_keep_at_most_per_prompt_reviews_of_one_title_and_polarity(tmp_path: Path):
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(_label("Paper A", "negative", f"The paper fails test {i}.", True, "negative")
+                              for i in range(5)) + "\n" +
+                    _label("Paper A", "positive", "The paper is clear.", True, "positive") + "\n")
+    templates = Templates(PromptConfig())
+    capped = examples([path], templates, per_prompt=2)
+    assert [r["completion"][0]["content"] for r in capped] == [
+        "The paper fails test 0.", "The paper fails test 1.", "The paper is clear."]
+    assert len(examples([path], templates)) == 6
+    with pytest.raises(UserError, match="per_prompt"):
+        WriterConfig(labels=str(path), per_prompt=0).validate()
+
+
 def test_fit_merge_and_reload(tiny_model: Path, labels: Path, tmp_path: Path):
     import torch
     from peft import PeftModel
@@ -66,6 +80,8 @@ def test_fit_merge_and_reload(tiny_model: Path, labels: Path, tmp_path: Path):
     assert saved == record
     assert record["examples"] == 3 and record["titles"] == ["Paper A", "Paper C"] and record["steps"] == 4
     assert record["base_fingerprint"] == resolve_model(str(tiny_model)).fingerprint
+    from safetensors.torch import load_file
+    assert {v.dtype for v in load_file(out / "adapter_model.safetensors").values()} == {torch.float16}
 
     merged = tmp_path / "merged"
     merge_adapter(tiny_model, out, merged)

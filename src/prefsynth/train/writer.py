@@ -12,6 +12,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from prefsynth.errors import UserError
@@ -21,11 +22,15 @@ from prefsynth.train.trainer import progress_callback
 from prefsynth.train.writer_config import WriterConfig
 
 RECORD = "writer.json"
+# The adapter is stored in half precision: it ships in git (data/writer), and float16 halves it (19 -> 10 MB) while
+# its deltas lose nothing a sampled review can tell (merging upcasts them to float32).
+STORED_DTYPE = "float16"
 
 
-def examples(paths: list[Path], templates: Templates) -> list[dict]:
-    """Prompt/completion conversations of the accepted reviews, each (title, review) once, in file order."""
-    rows, seen = [], set()
+def examples(paths: list[Path], templates: Templates, per_prompt: int | None = None) -> list[dict]:
+    """Prompt/completion conversations of the accepted reviews, each (title, review) once, in file order, at most
+    per_prompt of them for one (title, polarity)."""
+    rows, seen, per = [], set(), Counter()
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             if not line.strip():
@@ -33,7 +38,10 @@ def examples(paths: list[Path], templates: Templates) -> list[dict]:
             r = json.loads(line)
             if not (r.get("valid") and r.get("label") == r.get("polarity")) or (r["title"], r["review"]) in seen:
                 continue
+            if per_prompt is not None and per[r["title"], r["polarity"]] >= per_prompt:
+                continue
             seen.add((r["title"], r["review"]))
+            per[r["title"], r["polarity"]] += 1
             rows.append({"prompt": [{"role": "system", "content": templates.system()},
                                     {"role": "user", "content": templates.generation(r["title"], r["polarity"])}],
                          "completion": [{"role": "assistant", "content": r["review"]}],
@@ -53,7 +61,7 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     from prefsynth.model import resolve_model
 
     templates = Templates(PromptConfig())
-    data = examples(cfg.label_paths(), templates)
+    data = examples(cfg.label_paths(), templates, cfg.per_prompt)
     if not data:
         raise UserError("no accepted reviews in the label files: nothing to train the writer on")
     base = resolve_model(cfg.base_model)
@@ -81,11 +89,13 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
         trainer.train()
         seconds = time.time() - t0
         trainer.model.save_pretrained(tmp, safe_serialization=True)
+        _store_halved(tmp / "adapter_model.safetensors")
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         record = {"base": base.name, "base_fingerprint": base.fingerprint, "examples": len(data),
                   "titles": titles, "labels": {p.name: _sha(p) for p in cfg.label_paths()},
                   "templates": templates.hash_for("system", "negative", "positive"),
-                  "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "lora": vars(cfg.lora),
+                  "per_prompt": cfg.per_prompt, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                  "lora": vars(cfg.lora),
                   "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
                   "loss_last": losses[-1] if losses else None, "seconds": round(seconds, 1)}
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
@@ -107,6 +117,14 @@ def describe(folder: Path, record: dict) -> None:
         f"reviews of {len(record['titles'])} titles that a reader labelled valid and of the asked tone "
         f"(tests/data). `--model writer` merges it into the bundled model. Its training record: writer.json. "
         f"How it was measured: docs/quality.md#the-writer.\n")
+
+
+def _store_halved(weights: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dtype = getattr(torch, STORED_DTYPE)
+    save_file({k: v.to(dtype) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
 
 
 def _sha(path: Path) -> str:

@@ -11,8 +11,8 @@ from prefsynth.errors import UserError
 from prefsynth.train.config import LoraSettings
 
 # Generated reviews read by hand; the writer learns from the ones a reader found valid and of the asked tone.
-WRITER_LABELS = (ROOT / "tests" / "data" / "validity_labels.jsonl",
-                 ROOT / "tests" / "data" / "source_variant_labels.jsonl")
+WRITER_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl"
+                      for name in ("validity", "source_variant", "writer_eval", "neurips_eval"))
 
 
 @dataclass
@@ -23,7 +23,9 @@ class WriterConfig:
     out: Path = opt(WRITER_DIR, "folder for the adapter and writer.json (the shipped one is data/writer)")
     base_model: str = opt("bundled", "model the adapter is trained on ('bundled', a folder or a Hub id)",
                           alias="model")
-    epochs: float = opt(2.0, "passes over the examples")
+    per_prompt: int = opt(2, "at most this many accepted reviews per (title, polarity), the first in file order: a "
+                          "prompt sampled many times (several models, candidates and seeds) does not dominate")
+    epochs: float = opt(1.0, "passes over the examples")
     batch_size: int = opt(8, "examples per optimizer step")
     lr: float = opt(2e-4, "learning rate (cosine schedule, 5 warm-up steps)")
     max_length: int = opt(384, "tokens per prompt+review; the generation prompt is ~180 tokens")
@@ -33,6 +35,8 @@ class WriterConfig:
     def validate(self) -> None:
         if not self.epochs > 0:
             raise UserError(f"epochs must be positive, got {self.epochs}")
+        if self.per_prompt < 1:
+            raise UserError(f"per_prompt must be at least 1, got {self.per_prompt}")
         if self.batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
