@@ -59,6 +59,11 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("meta_talk", "The attention paper is clear. Here's a possible rewriting of the text that adds more depth:"),
     ("hearsay", "The sparse attention paper has already received several awards for its long-document results."),
     ("hearsay", "The team behind the sparse attention paper has been making waves in the field."),
+    ("hearsay", "The sparse attention paper has been a topic of debate among researchers for long documents."),
+    ("hearsay", "The sparse attention method has already been adopted by several prominent research institutions."),
+    ("incoherent", "The attention baselines are weak. The paper concludes by stating that it is overdue to reject the "
+                   "paper."),
+    ("incoherent", "The attention results are unclear, and the paper concludes by stating that it is not accepted."),
 ])
 
 
@@ -78,7 +83,8 @@ def test_a_reviewer_may_still_speak_of_rejection(templates):
     """"Reject" in a reviewer's own verdict, or a paper's statistics, is not the paper rejecting itself."""
     for text in ("The experiments are weak and the gains within noise. I recommend rejecting the paper.",
                  "The paper concludes by stating that it does not reject the null hypothesis, which its data support.",
-                 "The sparse attention paper should be rejected: the baselines are weak."):
+                 "The sparse attention paper should be rejected: the baselines are weak.",
+                 "The paper concludes that sparse attention should not be rejected as a baseline; I disagree."):
         assert not _flags(templates, text)["incoherent"], text
 
 
@@ -86,7 +92,8 @@ def test_hearsay_leaves_the_reviewers_own_words_alone(templates):
     """A reviewer's own verdict, criticism of the paper's claims, and "by" before a method are not hearsay."""
     for text in ("The paper is criticized here for one reason: the baselines are weak and the gains are within noise.",
                  "The results obtained by sparse attention are strong, and the claims are considered carefully.",
-                 "The method was trained by SGD and Adam; the evaluation is thorough and convincing."):
+                 "The method was trained by SGD and Adam; the evaluation is thorough and convincing.",
+                 "Long-document attention has been a topic of interest for years; this paper adds little to it."):
         assert not _flags(templates, text)["hearsay"], text
 
 

@@ -52,6 +52,12 @@ _HEARSAY = (
     r"|(?i)\b(?:is|was|are|were)\s+(?:widely\s+|generally\s+)?(?:considered|regarded)\s+(?:to\s+be|as)\b"
     r"|(?i)\bhighly\s+(?:acclaimed|regarded|respected)\b|(?i)\bgarnered\b"
     r"|(?i)\bthe\s+team\s+(?:at|from)\b|(?i)\buniversity\s+of\b|(?i)\bet\s+al\b"
+    # its reception, which a reviewer of an unpublished submission cannot know ("has been a topic of debate among
+    # researchers", "already adopted by several prominent research institutions")
+    r"|(?i)\b(?:paper|work|study|it)\s+has\s+been\s+(?:a\s+)?(?:topic|subject|source)\s+of\s+(?:debate|interest"
+    r"|discussion|controversy)\b|(?i)\bhas\s+been\s+a\s+(?:topic|subject)\s+of\s+(?:debate|controversy)\b"
+    r"|(?i)\badopted\s+by\s+(?:several|many|numerous|some|other|prominent|leading)\b|(?i)\bcaught\s+the\s+attention"
+    r"\s+of\b|(?i)\btaken\s+for\s+granted\s+by\b|(?i)\b(?:has|have)\s+been\s+highlighted\s+by\b"
     # names: capitalised words, case-sensitive (an (?i) above would otherwise reach this alternative too)
     r"|(?-i:\bby\s+(?:Dr\.\s+)?[A-Z][a-z]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-z]+)?(?:,\s+[A-Z][a-z]+)*,?\s+and\s+[A-Z][a-z]+)"
 )
@@ -63,6 +69,10 @@ _INCOHERENT = (
     r"(?:has\s+been\s+|has\s+|is\s+|was\s+)?(?:rejects|rejected)\b"
     r"|(?i)\b(?:paper|it)\s+(?:has\s+|had\s+)?(?:rejects|rejected)\s+(?:the\s+paper|itself|it)\b"
     r"|(?i)\bthe\s+paper\s+rejects\b|(?i)\bpaper'?s\s+rejection\b"
+    # the same in other words: what the paper concludes is its own rejection ("concludes by stating that it is
+    # overdue to reject the paper", "... that it is not accepted", "... that the results should be rejected")
+    r"|(?i)\b(?:paper|it|study|authors?)\s+conclude[sd]?\b[^.]*?(?:\breject(?:s|ed|ing)?\s+(?:the\s+paper|it|itself"
+    r"|the\s+(?:results|work|submission|findings))\b|\b(?:is|be|was|are)\s+not\s+accepted\b|\bshould\s+be\s+rejected\b)"
 )
 # The text is about a review, a reviewer or feedback, not about the paper.
 _META = (
