@@ -7,6 +7,8 @@ a pair, the tokens the pipeline's rounds would generate, and, for kept pairs who
 
     .venv/bin/python bench/writer.py --n 60                       # make bench-writer
     .venv/bin/python bench/writer.py --n 60 --dump /tmp/w         # /tmp/w.txt to read blind, /tmp/w.key.json
+    .venv/bin/python bench/writer.py --titles bench/results/neurips_seed4_titles.txt --exact --models writer \
+        --labels tests/data/neurips_test_labels.jsonl                # the NeurIPS test of the shipped writer
 """
 
 from __future__ import annotations
@@ -21,17 +23,25 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "tests" / "data" / "writer_eval_labels.jsonl"
 
 
-def heldout_titles(n: int, seed: int) -> list[str]:
-    """n titles of data/titles.txt that the shipped writer never saw in training, sorted."""
-    from prefsynth.constants import DEFAULT_TITLES, WRITER_DIR
-    from prefsynth.prompts import PromptConfig, Templates
-    from prefsynth.train.writer import RECORD, examples
-    from prefsynth.train.writer_config import WriterConfig
+def seen_titles() -> set[str]:
+    """Titles a writer may have been trained on or a reader has labelled: the shipped writer's training titles and every
+    title of a label file (accepted or not), so a comparison with a retrained writer stays on unseen titles."""
+    from prefsynth.constants import WRITER_DIR
+    from prefsynth.train.writer import RECORD
+    from prefsynth.train.writer_config import WRITER_LABELS
+    from prefsynth.validity_eval import ALL_LABELS
 
     record = WRITER_DIR / RECORD
-    seen = set(json.loads(record.read_text())["titles"]) if record.exists() else \
-        {e["title"] for e in examples(WriterConfig().label_paths(), Templates(PromptConfig()))}
-    pool = [t for t in dict.fromkeys(line.strip() for line in DEFAULT_TITLES.read_text().splitlines()) if t and
+    seen = set(json.loads(record.read_text())["titles"]) if record.exists() else set()
+    for path in {*WRITER_LABELS, *ALL_LABELS}:
+        seen |= {json.loads(line)["title"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return seen
+
+
+def heldout_titles(source: Path, n: int, seed: int) -> list[str]:
+    """n titles of the source file that no writer saw in training and no reader labelled, sorted."""
+    seen = seen_titles()
+    pool = [t for t in dict.fromkeys(line.strip() for line in source.read_text(encoding="utf-8").splitlines()) if t and
             t not in seen]
     return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
 
@@ -40,21 +50,29 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=60, help="held-out titles")
     p.add_argument("--titles", default=None, help="sample the titles from this file instead (e.g. the NeurIPS 2023 "
-                                                  "titles in ../shared/data, which no prefsynth model or rule saw)")
+                                                  "titles in ../shared/data); titles a writer was trained on are left "
+                                                  "out either way")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "writer.txt"), help="results file")
     p.add_argument("--seed", type=int, default=8, help="which titles are sampled")
     p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
                    "(default: each model at its measured best; no temperature: generate's default)")
     p.add_argument("--candidates", default="1,2,4")
     p.add_argument("--labels", default=str(LABELS))
+    p.add_argument("--exact", action="store_true", help="take every title of --titles as it is (no draw, nothing "
+                   "left out): reruns a labelled test from its title list, e.g. bench/results/neurips_seed4_titles.txt")
+    p.add_argument("--earlier-standard", action="store_true", help="count texts marked valid_by_earlier_standard as "
+                   "valid (claims of the work's track record, which labels before the NeurIPS test file accepted)")
     p.add_argument("--dump", default=None, help="write the kept reviews of every model, shuffled, without model or "
                                                 "asked tone, to DUMP.txt (and the key to DUMP.key.json)")
     a = p.parse_args()
+    if a.exact and not a.titles:
+        p.error("--exact needs --titles")
 
     import polars as pl
 
     from prefsynth.build import BuildConfig, build
     from prefsynth.cli import quiet_libraries
+    from prefsynth.constants import DEFAULT_TITLES
     from prefsynth.engines import close_backends
     from prefsynth.generate import GenerateConfig, generate
     from prefsynth.judge import JudgeConfig, JudgeSetup, judge
@@ -66,15 +84,17 @@ def main() -> int:
 
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
-    if a.titles:
-        pool = list(dict.fromkeys(t.strip() for t in Path(a.titles).read_text(encoding="utf-8").splitlines()))
-        titles = sorted(random.Random(a.seed).sample([t for t in pool if t], a.n))
+    if a.exact:
+        titles = sorted(dict.fromkeys(t.strip() for t in Path(a.titles).read_text(encoding="utf-8").splitlines()
+                                      if t.strip()))
     else:
-        titles = heldout_titles(a.n, a.seed)
+        titles = heldout_titles(Path(a.titles) if a.titles else DEFAULT_TITLES, a.n, a.seed)
     templates = Templates(PromptConfig())
     labels = labels_by_text(Path(a.labels))
     cfg = BuildConfig(validation_fraction=0.0)
-    lines = [f"{len(titles)} held-out titles (seed {a.seed}{', from ' + Path(a.titles).name if a.titles else ''}); "
+    drawn = f"the titles of {Path(a.titles).name}" if a.exact else \
+        f"held-out titles (seed {a.seed}{', from ' + Path(a.titles).name if a.titles else ''})"
+    lines = [f"{len(titles)} {drawn}; "
              f"judged by the bundled model's head + text judge",
              f"{'model':<38} {'n':>2} {'pairs kept':>10} {'titles w/ pair':>14} {'gen tokens':>10} "
              f"{'labelled':>8} {'valid+polarised pairs':>24} {'texts':>18}"]
@@ -103,7 +123,8 @@ def main() -> int:
                                                          "model": tag, "sampling": gen_cfg.sampling() | (
                                                              {"model": tag} if tag != gens.model.name else {})})
                     if (lab := labels.get((r["title"], text))) is not None:
-                        ok = bool(lab["valid"] and lab["label"] == pol)
+                        valid = lab["valid"] or (a.earlier_standard and lab.get("valid_by_earlier_standard", False))
+                        ok = bool(valid and lab["label"] == pol)
                         found.append(ok)
                         texts += 1
                         texts_good += ok

@@ -84,15 +84,18 @@ def test_a_writers_texts_are_their_own_setting(tmp_path, monkeypatch):
 
 
 def test_the_shipped_figures_cover_the_default_writer():
-    """data/judge/validity.json (make validity-eval) holds a figure for texts the default settings write: the
-    writer's kept reviews of held-out titles, read blind (tests/data/writer_eval_labels.jsonl)."""
+    """data/judge/validity.json (make validity-eval) holds a figure for texts the default settings write with the
+    shipped writer (its weights' fingerprint in the tag): the writer's kept reviews of held-out titles, read blind."""
     from prefsynth.generate import GenerateConfig
-    from prefsynth.validity_eval import WRITER_EVAL_LABELS
+    from prefsynth.model import resolve_model
+    from prefsynth.validity_eval import NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, WRITER_EVAL_LABELS
 
-    default = {k: v for k, v in GenerateConfig().sampling().items() if k != "seed"}
-    measured = json.loads(quality.VALIDITY_MEASURED.read_text())["by_sampling"]
-    writer = [json.loads(k) for k in measured if json.loads(k).get("model", "").startswith("SmolLM2-135M-Instruct "
-                                                                                           "+ writer@")]
-    assert any({k: v for k, v in w.items() if k != "model"} == default for w in writer)
-    labelled = [json.loads(line) for line in WRITER_EVAL_LABELS.read_text().splitlines() if line.strip()]
-    assert all(r["judge_selected"] for r in labelled)  # kept pairs: judge-eval must not score the judge on them
+    writer = resolve_model("writer")
+    default = {k: v for k, v in GenerateConfig().sampling().items() if k != "seed"} | quality.writer_tag(
+        writer.name, writer.fingerprint)
+    measured = [json.loads(k) for k in json.loads(quality.VALIDITY_MEASURED.read_text())["by_sampling"]]
+    assert any({k: v for k, v in m.items() if k != "seed"} == default for m in measured), default
+    for path in (WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS):
+        labelled = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # kept pairs: judge-eval must not score the judge on them
+        assert all(r["judge_selected"] for r in labelled), path
