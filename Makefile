@@ -46,7 +46,7 @@ help:
 	@echo "make bench N=64        side-by-side generation benchmark (ARGS=--pipeline adds build/refresh figures)"
 	@echo "make bench-yield       pairs kept, valid pairs and cost at 1, 2 and 4 candidates per review"
 	@echo "make bench-writer      the writer vs the bundled model on held-out titles, side by side (N= ARGS=)"
-	@echo "make writer            retrain the writer adapter (data/writer) on the accepted hand-read reviews (~40 min)"
+	@echo "make writer            retrain the writer adapter (data/writer) on the accepted hand-read reviews (~37 min)"
 	@echo "make bench-peers N=300 the same job through prefsynth, distilabel and curator: speed and a crash each (ARGS=)"
 	@echo "make experiment        steered vs sampled pairs x DPO/KTO, judged on held-out titles (ARGS=, ~see docs/training.md)"
 	@echo "make dpo-speed         DPO seconds per step before/after precomputed reference log-probs"
