@@ -50,8 +50,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=60, help="held-out titles")
     p.add_argument("--titles", default=None, help="sample the titles from this file instead (e.g. the NeurIPS 2023 "
-                                                  "titles in ../shared/data); titles a writer was trained on are left "
-                                                  "out either way")
+                                                  "titles in ../shared/data); titles a writer was trained on or a "
+                                                  "reader labelled are left out either way (unless --exact)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "writer.txt"), help="results file")
     p.add_argument("--seed", type=int, default=8, help="which titles are sampled")
     p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
