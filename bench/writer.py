@@ -23,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "tests" / "data" / "writer_eval_labels.jsonl"
 
 
+def read_titles(path: Path) -> list[str]:
+    """The titles of a one-per-line file, stripped, each once, in file order."""
+    return [t for t in dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines()) if t]
+
+
 def seen_titles() -> set[str]:
     """Titles a writer may have been trained on or a reader has labelled: the shipped writer's training titles and every
     title of a label file (accepted or not), so a comparison with a retrained writer stays on unseen titles."""
@@ -41,8 +46,7 @@ def seen_titles() -> set[str]:
 def heldout_titles(source: Path, n: int, seed: int) -> list[str]:
     """n titles of the source file that no writer saw in training and no reader labelled, sorted."""
     seen = seen_titles()
-    pool = [t for t in dict.fromkeys(line.strip() for line in source.read_text(encoding="utf-8").splitlines()) if t and
-            t not in seen]
+    pool = [t for t in read_titles(source) if t not in seen]
     return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
 
 
@@ -85,8 +89,7 @@ def main() -> int:
     quiet_libraries()
     ns = [int(x) for x in a.candidates.split(",")]
     if a.exact:
-        titles = sorted(dict.fromkeys(t.strip() for t in Path(a.titles).read_text(encoding="utf-8").splitlines()
-                                      if t.strip()))
+        titles = sorted(read_titles(Path(a.titles)))
     else:
         titles = heldout_titles(Path(a.titles) if a.titles else DEFAULT_TITLES, a.n, a.seed)
     templates = Templates(PromptConfig())
