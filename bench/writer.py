@@ -38,7 +38,7 @@ def seen_titles() -> set[str]:
 
     record = WRITER_DIR / RECORD
     seen = set(json.loads(record.read_text())["titles"]) if record.exists() else set()
-    for path in {*WRITER_LABELS, *ALL_LABELS}:
+    for path in [p for p in {*WRITER_LABELS, *ALL_LABELS} if p.exists()]:
         seen |= {json.loads(line)["title"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
     return seen
 
@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
                    "(default: each model at its measured best; no temperature: generate's default)")
     p.add_argument("--candidates", default="1,2,4")
+    p.add_argument("--max-p-invalid", default=None, help="comma-separated validity-scorer thresholds to build with "
+                   "(default: the build's; 1.0: rules alone), each a row per model and n")
     p.add_argument("--labels", default=str(LABELS))
     p.add_argument("--exact", action="store_true", help="take every title of --titles as it is (no draw, nothing "
                    "left out): reruns a labelled test from its title list, e.g. bench/results/neurips_seed4_titles.txt")
@@ -94,7 +96,8 @@ def main() -> int:
         titles = heldout_titles(Path(a.titles) if a.titles else DEFAULT_TITLES, a.n, a.seed)
     templates = Templates(PromptConfig())
     labels = labels_by_text(Path(a.labels))
-    cfg = BuildConfig(validation_fraction=0.0)
+    thresholds = [float(x) for x in a.max_p_invalid.split(",")] if a.max_p_invalid else \
+        [BuildConfig().max_p_invalid]
     drawn = f"the titles of {Path(a.titles).name}" if a.exact else \
         f"held-out titles (seed {a.seed}{', from ' + Path(a.titles).name if a.titles else ''})"
     lines = [f"{len(titles)} {drawn}; "
@@ -112,8 +115,9 @@ def main() -> int:
         jcfg = JudgeConfig(model="bundled")  # every model's reviews judged alike, by the judge that was measured
         judged = judge(gens, templates, jcfg, JudgeSetup.of(gens.model, gen_cfg, jcfg))
         tag = writer_tag(gens.model.name, gens.model.fingerprint).get("model", gens.model.name)
-        shown = f"{gens.model.name} T {gen_cfg.temperature}"
-        for n in ns:
+        name_t = f"{gens.model.name} T {gen_cfg.temperature}"
+        for n, threshold in [(n, t) for n in ns for t in thresholds]:
+            cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold)
             out = build(gens.rows.filter(pl.col("candidate") < n), titles, templates, cfg, judged.scores)
             kept = out.frames["paired"]["train"]
             tokens = round_tokens(gens, judged, templates, cfg, n)
@@ -134,6 +138,7 @@ def main() -> int:
                 if len(found) == 2:
                     labelled += 1
                     good += all(found)
+            shown = name_t + (f" scorer {threshold:g}" if threshold < 1 else " rules only")
             lo, hi = wilson(good, labelled)
             share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
             tshare = f"{texts_good}/{texts} = {texts_good / texts:.0%}" if texts else "-"

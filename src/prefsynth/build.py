@@ -24,6 +24,7 @@ from prefsynth.manifest import Manifest
 from prefsynth.pairing import sampled_pairs
 from prefsynth.prompts import Templates
 from prefsynth.validity import REASONS, validity_flags
+from prefsynth.validity_scorer import SCORED, active_scorer
 
 
 @dataclass
@@ -53,6 +54,11 @@ class BuildConfig:
         "drop", "texts that are not the reviewer's review of the paper (author voice, meta-talk, hearsay, "
                 "instruction echo, copied examples, wrong paper, not about the paper, incoherent; "
                 "prefsynth/validity.py): drop, keep with a flag, or ignore")
+    max_p_invalid: float = opt(
+        1.0, "with invalid drop or flag: texts the validity scorer (learned from the hand-read labels; "
+             "prefsynth/validity_scorer.py) gives a higher probability of not being a valid review count as "
+             "low_validity_score; 1.0 (the default until its gain is measured on texts read blind) turns it off, "
+             "0.15 is the threshold benched in docs/quality.md")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
         "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
                 "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")
@@ -232,12 +238,20 @@ def _reasons(flagged: pl.DataFrame, cfg: BuildConfig, judge_cols: list[str]) -> 
 
 
 def flag_all(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.DataFrame:
-    """Every filter's flag (`bad_*`, `bad`): the text filters, then the validity rules (as filters when dropped)."""
+    """Every filter's flag (`bad_*`, `bad`): the text filters, then the validity rules and the validity scorer (as
+    filters when dropped)."""
     flagged = flag_generations(gens, templates, cfg)
     if cfg.invalid != "keep":
         flagged = validity_flags(flagged, templates)
+        reasons = list(REASONS)
+        if (scorer := active_scorer(cfg.max_p_invalid)) is not None:
+            p = scorer.p_invalid(flagged.get_column("review").fill_null("").to_list())
+            flagged = flagged.with_columns(pl.Series("p_invalid", p, dtype=pl.Float64)).with_columns(
+                (pl.col("p_invalid") > cfg.max_p_invalid).alias(f"invalid_{SCORED}"))
+            flagged = flagged.with_columns((pl.col("invalid") | pl.col(f"invalid_{SCORED}")).alias("invalid"))
+            reasons.append(SCORED)
         if cfg.invalid == "drop":  # each reason becomes a filter, counted like the others
-            flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in REASONS)
+            flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in reasons)
             flagged = flagged.with_columns(pl.any_horizontal(c for c in flagged.columns if c.startswith("bad_"))
                                            .alias("bad"))
     return flagged

@@ -162,7 +162,13 @@ def cmd_validity_eval(args: argparse.Namespace) -> int:
     """Precision and recall of the validity rules on hand-labelled generated reviews (prefsynth.validity_eval)."""
     from prefsynth import validity_eval
     from prefsynth.prompts import PromptConfig, Templates
+    from prefsynth.validity_scorer import SCORER_FILE
 
+    if args.train:
+        scorer, lines = validity_eval.train_scorer()
+        print("\n".join(lines))
+        scorer.save()
+        print(f"validity scorer {scorer.fingerprint} written to data/judge/{SCORER_FILE.name}")
     paths = [Path(p) for p in args.labels.split(",") if p.strip()] if args.labels else []
     report = validity_eval.evaluate(validity_eval.load_labels(*paths), Templates(PromptConfig()))
     for line in validity_eval.lines(report):
@@ -283,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "validity-eval", "precision and recall of the validity rules on hand-labelled "
                       "generated reviews", None, cmd_validity_eval)
     p.add_argument("--labels", default=None, help="comma-separated jsonl files of labelled reviews (default: "
-                   "tests/data/validity_labels.jsonl and writer_eval_labels.jsonl)")
+                   "every label file of tests/data)")
+    p.add_argument("--train", action="store_true", help="first fit the validity scorer on the label files read before "
+                   "its test (data/judge/validity_scorer.json.gz)")
     p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
                    help="write the figures to data/judge/validity.json, which builds quote (default: true)")
     from prefsynth.generate import GenerateConfig

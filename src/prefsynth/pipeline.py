@@ -178,6 +178,7 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
     """Which judge labelled the rows, its measured accuracy, and the noise and validity it implies (quality.py)."""
     from prefsynth import quality
     from prefsynth.validity import rules_version
+    from prefsynth.validity_scorer import checks_version
 
     judge = str(judged.stats.get("judge", ""))
     judge_fp = str(judged.stats.get("judge_model_fingerprint") or gens.model.fingerprint)
@@ -187,7 +188,8 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":
         sampling = cfg.generate.sampling() | quality.writer_tag(gens.model.name, gens.model.fingerprint)
-        q["validity"] = quality.validity_estimate(rules_version(templates), sampling)
+        q["validity"] = quality.validity_estimate(
+            checks_version(rules_version(templates), cfg.build.max_p_invalid), sampling)
     return q
 
 

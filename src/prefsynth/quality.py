@@ -86,9 +86,12 @@ def writer_tag(name: str, fingerprint: str) -> dict:
 
 
 def validity_estimate(rules_version: str, sampling: dict | None = None) -> dict:
-    """Share of rule-passed reviews that a reader found valid, from the labelled sample, when the rules match: on the
-    labelled texts sampled with `sampling` when there are any, else on all of them (and it says so)."""
+    """Share of the reviews the validity checks keep that a reader found valid, from the labelled sample, when the
+    checks match (`rules_version`: the rules', with the scorer's when it is on): on the labelled texts sampled with
+    `sampling` when there are any, else on all of them (and it says so)."""
     v = _read(VALIDITY_MEASURED)
+    if v.get("rules_version") != rules_version:  # the rules and the scorer: measured on texts it never saw
+        v = v.get("with_scorer") or {}
     if v.get("rules_version") != rules_version or not v.get("rule_valid"):
         return {}
     same = (v.get("by_sampling") or {}).get(sampling_key(sampling or {}))

@@ -12,18 +12,17 @@ probability with a logistic slope fitted on cross-validated scores of the traini
 
 from __future__ import annotations
 
-import collections
 import functools
 import gzip
 import hashlib
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
 from prefsynth.constants import ROOT
+from prefsynth.tfidf import Tfidf
 
 MODEL = ROOT / "data" / "judge" / "text_judge.json.gz"
 
@@ -31,13 +30,10 @@ MODEL = ROOT / "data" / "judge" / "text_judge.json.gz"
 class TextJudge:
     def __init__(self, model: dict, fingerprint: str):
         self.fingerprint = fingerprint
-        self.index = {t: i for i, t in enumerate(model["terms"])}
-        self.idf = np.asarray(model["idf"], dtype=np.float64)
+        self.tfidf = Tfidf(model["terms"], model["idf"], int(model["ngram"]), model["token_pattern"])
         self.coef = np.asarray(model["coef"], dtype=np.float64)
         self.intercept = float(model["intercept"])
-        self.ngram = int(model["ngram"])
         self.slope = float(model.get("slope", 1.0))
-        self.token = re.compile(model["token_pattern"])
         self.info = {k: model[k] for k in ("kind", "n_train", "settings", "slope") if k in model}
 
     @staticmethod
@@ -51,18 +47,8 @@ class TextJudge:
 
     def score(self, text: str) -> float:
         """The predicted rating, in z units; > 0 reads positive."""
-        toks = self.token.findall(text.lower())
-        counts: collections.Counter[int] = collections.Counter()
-        for n in range(1, self.ngram + 1):
-            for j in range(len(toks) - n + 1):
-                i = self.index.get(" ".join(toks[j:j + n]))
-                if i is not None:
-                    counts[i] += 1
-        if not counts:
-            return self.intercept
-        idx = np.fromiter(counts.keys(), dtype=np.int64)
-        v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))) * self.idf[idx]
-        return float(v @ self.coef[idx] / np.linalg.norm(v) + self.intercept)
+        idx, v = self.tfidf.vector(text)
+        return float(v @ self.coef[idx] + self.intercept)
 
     def p_negative(self, texts: list[str]) -> list[float]:
         return [1.0 / (1.0 + math.exp(max(-50.0, min(50.0, self.slope * self.score(t))))) for t in texts]

@@ -21,9 +21,11 @@ import polars as pl
 from prefsynth.constants import ROOT
 from prefsynth.fsutil import atomic_write_text
 from prefsynth.noise import wilson
-from prefsynth.prompts import Templates
+from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.quality import VALIDITY_MEASURED, sampling_key
+from prefsynth.train.writer_config import WRITER_LABELS
 from prefsynth.validity import REASONS, rules_version, validity_flags
+from prefsynth.validity_scorer import ValidityScorer, checks_version, cross_validated, load
 
 LABELS = ROOT / "tests" / "data" / "validity_labels.jsonl"
 # Kept reviews of the writer and of the bundled model on titles the writer never saw (bench/writer.py); kept apart
@@ -34,11 +36,16 @@ NEURIPS_EVAL_LABELS = ROOT / "tests" / "data" / "neurips_eval_labels.jsonl"
 # The same for the second writer against the first, on NeurIPS titles no label file had: not a training file of
 # `make writer` (which reproduces the shipped adapter), so they stay a test.
 NEURIPS_TEST_LABELS = ROOT / "tests" / "data" / "neurips_test_labels.jsonl"
-ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS)
+# Kept pairs of the second writer on fresh NeurIPS titles, with and without the validity scorer, read blind after
+# the scorer was fitted: the test of the scorer (in no training file of the scorer or of the writer).
+SCORER_TEST_LABELS = ROOT / "tests" / "data" / "scorer_test_labels.jsonl"
+ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS)
+# What `validity-eval --train` fits the validity scorer on: every label file read before its test.
+SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
 
 def load_labels(*paths: Path) -> pl.DataFrame:
-    rows = [json.loads(line) for path in (paths or ALL_LABELS) if Path(path).exists()
+    rows = [json.loads(line) | {"file": Path(path).name} for path in (paths or ALL_LABELS) if Path(path).exists()
             for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     for r in rows:
         r["sampling"] = sampling_key(r.get("sampling") or {})
@@ -62,7 +69,23 @@ def _pr(pred: pl.Series, gold: pl.Series) -> dict:
             "recall": round(tp / (tp + fn), 3) if tp + fn else None}
 
 
-def evaluate(labels: pl.DataFrame, templates: Templates) -> dict:
+def _kept_counts(passed: pl.DataFrame, f: pl.DataFrame) -> dict:
+    """Texts the checks keep, how many a reader found valid, per sampling setting too (as builds quote them)."""
+    return {"rule_valid": passed.height, "rule_valid_truly_valid": int(passed.get_column("valid").sum()),
+            "by_sampling": {
+                key: {"labelled": int((f.get_column("sampling") == key).sum()), "rule_valid": g.height,
+                      "rule_valid_truly_valid": int(g.get_column("valid").sum()),
+                      # valid and read as the tone it was asked for (mixed and neutral texts are not)
+                      "rule_valid_polarised": int((g.get_column("valid")
+                                                   & (g.get_column("label") == g.get_column("polarity"))).sum())}
+                for (key,), g in passed.group_by("sampling", maintain_order=True)}}
+
+
+def evaluate(labels: pl.DataFrame, templates: Templates, max_p_invalid: float | None = None) -> dict:
+    """The rules on every label; with a shipped scorer, the rules and the scorer at `max_p_invalid` (the build's
+    default) on the labels of files the scorer was not fitted on (`with_scorer`)."""
+    from prefsynth.build import BuildConfig
+
     f = validity_flags(labels, templates)
     invalid_truth = ~f.get_column("valid")
     report = {"labelled": f.height, "truly_invalid": int(invalid_truth.sum()),
@@ -70,18 +93,42 @@ def evaluate(labels: pl.DataFrame, templates: Templates) -> dict:
     for r in REASONS:
         gold = f.get_column("reasons").list.contains(r)
         report["reasons"][r] = _pr(f.get_column(f"invalid_{r}"), gold) | {"labelled": int(gold.sum())}
-    passed = f.filter(~pl.col("invalid"))
-    report["rule_valid"] = passed.height
-    report["rule_valid_truly_valid"] = int(passed.get_column("valid").sum())
-    report["by_sampling"] = {
-        key: {"labelled": int((f.get_column("sampling") == key).sum()), "rule_valid": g.height,
-              "rule_valid_truly_valid": int(g.get_column("valid").sum()),
-              # valid and read as the tone it was asked for (mixed and neutral texts are not)
-              "rule_valid_polarised": int((g.get_column("valid") & (g.get_column("label") == g.get_column("polarity")))
-                                          .sum())}
-        for (key,), g in passed.group_by("sampling", maintain_order=True)}
+    report |= _kept_counts(f.filter(~pl.col("invalid")), f)
     report["rules_version"] = rules_version(templates)
+    threshold = BuildConfig().max_p_invalid if max_p_invalid is None else max_p_invalid
+    scorer = load() if threshold < 1.0 else None
+    if scorer is not None and "file" in f.columns:
+        unseen = f.filter(~pl.col("file").is_in(scorer.trained.get("files", [])))
+        if unseen.height:
+            p = scorer.p_invalid(unseen.get_column("review").to_list())
+            unseen = unseen.with_columns(pl.Series("_scored", p > threshold))
+            rule_kept = unseen.filter(~pl.col("invalid"))
+            report["with_scorer"] = {
+                "rules_version": checks_version(report["rules_version"], threshold), "threshold": threshold,
+                "labelled": unseen.height, "files": sorted(set(unseen.get_column("file").to_list())),
+                # of the texts the rules keep: does the scorer find the ones a reader rejects?
+                "scorer_on_rule_kept": _pr(rule_kept.get_column("_scored"), ~rule_kept.get_column("valid")),
+                "rules_only": _kept_counts(rule_kept, unseen)["rule_valid_truly_valid"], "rules_only_kept":
+                    rule_kept.height} | _kept_counts(rule_kept.filter(~pl.col("_scored")), unseen)
     return report
+
+
+def train_scorer(paths: tuple[Path, ...] = SCORER_LABELS) -> tuple[ValidityScorer, list[str]]:
+    """Fit the scorer on the labels of `paths` (each text once); the lines report its grouped cross-validation."""
+    labels = load_labels(*paths).unique(["title", "review"], keep="first", maintain_order=True)
+    texts, titles = labels.get_column("review").to_list(), labels.get_column("title").to_list()
+    invalid = (~labels.get_column("valid")).to_numpy().astype(float)
+    oof = cross_validated(texts, invalid, titles)
+    out = [f"validity scorer: {len(texts)} labelled texts of {len(set(titles))} titles ({int(invalid.sum())} not "
+           f"valid); cross-validated (5 folds by title), of the texts the rules keep:"]
+    kept = ~validity_flags(labels, Templates(PromptConfig())).get_column("invalid").to_numpy()
+    for t in (1.0, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1):
+        k = kept & (oof <= t)
+        out.append(f"  threshold {t:<4}: keeps {k.sum() / kept.sum():.0%}, valid {1 - invalid[k].mean():.1%}"
+                   if k.any() else f"  threshold {t:<4}: keeps none")
+    files = sorted({Path(p).name for p in paths})
+    scorer = ValidityScorer.fit(texts, invalid, trained={"files": files, "invalid": int(invalid.sum())})
+    return scorer, out
 
 
 def lines(report: dict) -> list[str]:
@@ -105,6 +152,18 @@ def lines(report: dict) -> list[str]:
         out.append(f"  sampled with {key}: kept by the rules and valid {k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}], "
                    f"valid and of the asked tone {p}/{n} = {p / n:.1%} [{plo:.1%}, {phi:.1%}] "
                    f"(labelled {m['labelled']})")
+    if w := report.get("with_scorer"):
+        m = w["scorer_on_rule_kept"]
+        k, n = w["rule_valid_truly_valid"], w["rule_valid"]
+        k0, n0 = w["rules_only"], w["rules_only_kept"]
+        lo, hi = wilson(k, n)
+        lo0, hi0 = wilson(k0, n0)
+        out += [f"validity scorer at {w['threshold']} on {w['labelled']} labelled texts it was not fitted on "
+                f"({', '.join(w['files'])}):",
+                f"  on the texts the rules keep: precision {m['precision']}, recall {m['recall']} (tp {m['tp']}, "
+                f"fp {m['fp']}, fn {m['fn']})",
+                f"  valid by reading: rules alone {k0}/{n0} = {k0 / n0:.1%} [{lo0:.1%}, {hi0:.1%}]; rules and scorer "
+                f"{k}/{n} = {k / n:.1%} [{lo:.1%}, {hi:.1%}]" if n and n0 else "  nothing kept"]
     return out
 
 
