@@ -170,7 +170,7 @@ def cmd_validity_eval(args: argparse.Namespace) -> int:
         scorer.save()
         print(f"validity scorer {scorer.fingerprint} written to data/judge/{SCORER_FILE.name}")
     paths = [Path(p) for p in args.labels.split(",") if p.strip()] if args.labels else []
-    report = validity_eval.evaluate(validity_eval.load_labels(*paths), Templates(PromptConfig()))
+    report = validity_eval.evaluate(validity_eval.load_labels(*paths), Templates(PromptConfig()), args.max_p_invalid)
     for line in validity_eval.lines(report):
         print(line)
     if args.write:
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "generated reviews", None, cmd_validity_eval)
     p.add_argument("--labels", default=None, help="comma-separated jsonl files of labelled reviews (default: "
                    "every label file of tests/data)")
+    p.add_argument("--max-p-invalid", type=float, default=None, help="also measure the rules with the validity "
+                   "scorer at this threshold, on the label files it was not fitted on (default: the build's)")
     p.add_argument("--train", action="store_true", help="first fit the validity scorer on the label files read before "
                    "its test (data/judge/validity_scorer.json.gz)")
     p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
