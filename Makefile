@@ -171,7 +171,8 @@ judge-eval: install
 judge-train: install
 	$(PY) -m prefsynth judge-eval --train $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
-# Precision and recall of the validity rules on tests/data/validity_labels.jsonl (hand-labelled generated reviews)
+# Precision and recall of the validity rules (and, with ARGS="--max-p-invalid T", the scorer) on the hand-labelled
+# generated reviews of tests/data; validity-train first fits the scorer (docs/quality.md)
 validity-eval: install
 	$(PY) -m prefsynth validity-eval $(ARGS)
 
