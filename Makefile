@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 
-.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-writer writer bench-peers experiment dpo-speed judge-eval judge-train validity-eval validity-train clean
+.PHONY: help install browser view paired unpaired both test test-fast publish train-dpo train-kto bench bench-yield bench-writer writer writer-dpo bench-peers experiment dpo-speed judge-eval judge-train validity-eval validity-train clean
 
 help:
 	@echo "make install           build .venv ($(DEVICE)), convert the bundled model, merge the writer"
@@ -47,6 +47,7 @@ help:
 	@echo "make bench-yield       pairs kept, valid pairs and cost at 1, 2 and 4 candidates per review"
 	@echo "make bench-writer      the writer vs the bundled model on held-out titles, side by side (N= ARGS=)"
 	@echo "make writer            retrain the writer adapter (data/writer) on the accepted hand-read reviews (~37 min)"
+	@echo "make writer-dpo        retrain its DPO polish (data/writer_dpo): accepted over rejected reviews (~32 min)"
 	@echo "make bench-peers N=300 the same job through prefsynth, distilabel and curator: speed and a crash each (ARGS=)"
 	@echo "make experiment        steered vs sampled pairs x DPO/KTO, judged on held-out titles (ARGS=, ~see docs/training.md)"
 	@echo "make dpo-speed         DPO seconds per step before/after precomputed reference log-probs"
@@ -146,6 +147,10 @@ bench-writer: install
 # LoRA SFT of the bundled model on the generated reviews that were read and accepted (prefsynth.train.writer)
 writer: install
 	$(PY) -m prefsynth train-writer $(ARGS)
+
+# LoRA DPO on top of that writer: each accepted review over a rejected one of the same prompt (prefsynth.train.writer_dpo)
+writer-dpo: install
+	$(PY) -m prefsynth train-writer --method dpo $(ARGS)
 
 # The same job through prefsynth, distilabel and curator (each from its own venv under .state/peers), one vLLM
 # server for all: speed side by side and a SIGKILL at half way each (docs/peers.md)

@@ -147,3 +147,63 @@ def test_a_writer_is_judged_by_the_model_it_was_trained_from(tiny_model: Path, t
     assert judge.path == str(other.resolve()) and judge.fingerprint != base.fingerprint
     same = judging_model(base, gen, JudgeConfig(model=str(tiny_model)))
     assert same == (base, gen)  # the same weights share the generation engine (and its server)
+
+
+def test_preference_pairs_put_an_accepted_review_against_a_rejected_one_of_the_same_prompt(tmp_path: Path):
+    from prefsynth.train.writer_dpo import preference_pairs
+
+    def row(title, polarity, review, valid, label, model):
+        return json.dumps({"title": title, "polarity": polarity, "review": review, "valid": valid, "label": label,
+                           "model": model, "reasons": [] if valid else ["incoherent"]})
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join([
+        row("A", "negative", "old good", True, "negative", "bundled"),
+        row("A", "negative", "writer good", True, "negative", "x + writer@1"),
+        row("A", "negative", "writer bad 1", False, "negative", "x + writer@1"),
+        row("A", "negative", "writer bad 2", True, "positive", "x + writer@1"),  # valid, wrong tone: rejected too
+        row("A", "negative", "writer bad 3", False, "negative", "x + writer@1"),  # over per_prompt
+        row("A", "negative", "old bad", False, "negative", "bundled"),  # not the writer's own failure
+        row("A", "positive", "no partner", False, "positive", "x + writer@1"),  # nothing accepted for this prompt
+        row("B", "positive", "b good", True, "positive", "bundled"),
+        row("B", "positive", "b bad", False, "positive", "x + writer@2"),
+    ]) + "\n")
+    templates = Templates(PromptConfig())
+    pairs = preference_pairs([path], templates, per_prompt=2, rejected_from="writer")
+    got = [(p["title"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+    # the same model's accepted review first, then the next one, so one accepted text is not the whole signal
+    assert got == [("A", "writer good", "writer bad 1"), ("A", "old good", "writer bad 2"), ("B", "b good", "b bad")]
+    assert pairs[0]["prompt"] == [{"role": "system", "content": templates.system()},
+                                  {"role": "user", "content": templates.generation("A", "negative")}]
+    assert pairs[1]["reasons"] == ["tone"]
+    assert len(preference_pairs([path], templates, per_prompt=5, rejected_from="")) == 5  # bad 3 and old bad too
+
+
+def test_dpo_polish_trains_an_adapter_on_top_of_the_given_model(tiny_model: Path, tmp_path: Path):
+    from prefsynth.model import merge_adapter
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join([
+        _label("Paper A", "negative", "The paper overclaims and the baselines are weak.", True, "negative"),
+        _label("Paper A", "negative", "The paper concludes that it rejects the paper.", False, "negative"),
+        _label("Paper B", "positive", "The method is simple and the proofs are clean.", True, "positive"),
+        _label("Paper B", "positive", "The paper has been widely praised by experts.", False, "positive"),
+    ]) + "\n")
+    out = tmp_path / "dpo"
+    cfg = WriterConfig(labels=str(path), out=out, method="dpo", base_model=str(tiny_model), batch_size=1, lr=5e-3,
+                       max_length=1024, rejected_from="")
+    record = fit_writer(cfg, say=lambda _: None)
+    assert json.loads((out / "writer.json").read_text()) == record
+    assert record["method"] == "dpo" and record["examples"] == 2 and record["steps"] == 2
+    assert "DPO" in (out / "README.md").read_text()
+    from safetensors.torch import load_file
+
+    lora_b = [v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
+    # LoRA B starts at zero and the first warm-up step has learning rate 0: the second one moved it
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+    merge_adapter(tiny_model, out, tmp_path / "merged")  # merges onto the model it was trained on
+    assert (tmp_path / "merged" / "config.json").exists()
+    with pytest.raises(UserError, match="method"):
+        WriterConfig(labels=str(path), method="ppo").validate()
+    assert WriterConfig().base() == "bundled" and WriterConfig(method="dpo").base() == "writer-sft"
+    assert WriterConfig(method="dpo").out_dir().name == "writer_dpo" and WriterConfig().out_dir().name == "writer"

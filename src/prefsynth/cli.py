@@ -99,10 +99,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_install_model(args: argparse.Namespace) -> int:
-    from prefsynth.model import ensure_bundled_model, ensure_writer_model
+    from prefsynth.model import WRITER, ensure_bundled_model, resolve_model
 
     print(ensure_bundled_model())
-    print(ensure_writer_model())  # the default generator: the bundled model + data/writer
+    print(resolve_model(WRITER).path)  # the default generator: the bundled model + data/writer + data/writer_dpo
     return 0
 
 

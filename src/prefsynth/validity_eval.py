@@ -37,9 +37,13 @@ NEURIPS_EVAL_LABELS = ROOT / "tests" / "data" / "neurips_eval_labels.jsonl"
 # `make writer` (which reproduces the shipped adapter), so they stay a test.
 NEURIPS_TEST_LABELS = ROOT / "tests" / "data" / "neurips_test_labels.jsonl"
 # Kept pairs of the second writer on fresh NeurIPS titles, with and without the validity scorer, read blind after
-# the scorer was fitted: the test of the scorer (in no training file of the scorer or of the writer).
+# the scorer was fitted: the test of the scorer (in no training file of the scorer; the DPO polish learns from it).
 SCORER_TEST_LABELS = ROOT / "tests" / "data" / "scorer_test_labels.jsonl"
-ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS)
+# Kept pairs of the SFT writer and of its DPO polish on fresh NeurIPS titles, read blind after the polish was
+# trained: its test, in no training file.
+DPO_TEST_LABELS = ROOT / "tests" / "data" / "dpo_test_labels.jsonl"
+ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
+              DPO_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 

@@ -51,6 +51,10 @@ def examples(paths: list[Path], templates: Templates, per_prompt: int | None = N
 
 def fit_writer(cfg: WriterConfig, say=print) -> dict:
     """Train the adapter and write it with its record into cfg.out (whole or not at all)."""
+    if cfg.method == "dpo":
+        from prefsynth.train.writer_dpo import fit_writer_dpo
+
+        return fit_writer_dpo(cfg, say)
     cfg.validate()
     import torch
     from datasets import Dataset
@@ -64,12 +68,12 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     data = examples(cfg.label_paths(), templates, cfg.per_prompt)
     if not data:
         raise UserError("no accepted reviews in the label files: nothing to train the writer on")
-    base = resolve_model(cfg.base_model)
+    base = resolve_model(cfg.base())
     tok = AutoTokenizer.from_pretrained(base.path)
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     titles = sorted({d["title"] for d in data})
     say(f"writer: {len(data)} accepted reviews of {len(titles)} titles, base {base.name}")
-    out = Path(cfg.out)
+    out = cfg.out_dir()
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         args = SFTConfig(output_dir=work, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                          learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=5,
@@ -89,10 +93,10 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
         trainer.train()
         seconds = time.time() - t0
         trainer.model.save_pretrained(tmp, safe_serialization=True)
-        _store_halved(tmp / "adapter_model.safetensors")
+        store_halved(tmp / "adapter_model.safetensors")
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         record = {"base": base.name, "base_fingerprint": base.fingerprint, "examples": len(data),
-                  "titles": titles, "labels": {p.name: _sha(p) for p in cfg.label_paths()},
+                  "titles": titles, "labels": label_hashes(cfg.label_paths()),
                   "templates": templates.hash_for("system", "negative", "positive"),
                   "per_prompt": cfg.per_prompt, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
                   "lora": vars(cfg.lora),
@@ -111,15 +115,22 @@ def describe(folder: Path, record: dict) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = record["base"]
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if record.get("method") == "dpo":
+        what = (f"polished with DPO (beta {record['beta']}) on {record['examples']} pairs of one prompt each: a "
+                f"generated review a reader accepted chosen, one they rejected rejected ({len(record['titles'])} "
+                f"titles, tests/data), by `prefsynth train-writer --method dpo` (prefsynth/train/writer_dpo.py). "
+                f"It is merged onto the writer it was trained on")
+    else:
+        what = (f"trained by `make writer` (prefsynth/train/writer.py) on {record['examples']} generated reviews of "
+                f"{len(record['titles'])} titles that a reader labelled valid and of the asked tone (tests/data). "
+                f"`--model writer` merges it into the bundled model")
     (folder / "README.md").write_text(
         f"# prefsynth writer adapter\n\nLoRA adapter (r {record['lora']['r']}, alpha {record['lora']['alpha']}) for "
-        f"{record['base']}, trained by `make writer` (prefsynth/train/writer.py) on {record['examples']} generated "
-        f"reviews of {len(record['titles'])} titles that a reader labelled valid and of the asked tone "
-        f"(tests/data). `--model writer` merges it into the bundled model. Its training record: writer.json. "
+        f"{record['base']}, {what}. Its training record: writer.json. "
         f"How it was measured: docs/quality.md#the-writer.\n")
 
 
-def _store_halved(weights: Path) -> None:
+def store_halved(weights: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -127,5 +138,6 @@ def _store_halved(weights: Path) -> None:
     save_file({k: v.to(dtype) for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def label_hashes(paths: list[Path]) -> dict[str, str]:
+    """What the adapter was trained from: each label file's name and the start of its sha256."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in paths}

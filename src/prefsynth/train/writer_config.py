@@ -4,35 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from prefsynth.config import opt
-from prefsynth.constants import ROOT, WRITER_DIR
+from prefsynth.constants import ROOT, WRITER_DIR, WRITER_DPO_DIR
 from prefsynth.errors import UserError
 from prefsynth.train.config import LoraSettings
 
 # Generated reviews read by hand; the writer learns from the ones a reader found valid and of the asked tone.
 WRITER_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl"
                       for name in ("validity", "source_variant", "writer_eval", "neurips_eval"))
+# The DPO polish also learns from the tests of the SFT writer (their rejected texts are its own failures); the texts
+# read to test the polish (dpo_test_labels.jsonl) are in no training file.
+DPO_LABELS = (*WRITER_LABELS, *(ROOT / "tests" / "data" / f"{name}_labels.jsonl" for name in ("neurips_test",
+                                                                                              "scorer_test")))
+
+
+def _names(paths) -> str:
+    return ", ".join(p.name for p in paths)
 
 
 @dataclass
 class WriterConfig:
-    labels: str = opt(",".join(str(p.relative_to(ROOT)) for p in WRITER_LABELS),
-                      "comma-separated jsonl files of hand-labelled generated reviews (title, polarity, review, "
-                      "valid, label); rows with valid=true and label equal to polarity are the training examples")
-    out: Path = opt(WRITER_DIR, "folder for the adapter and writer.json (the shipped one is data/writer)")
-    base_model: str = opt("bundled", "model the adapter is trained on ('bundled', a folder or a Hub id)",
-                          alias="model")
-    per_prompt: int = opt(2, "at most this many accepted reviews per (title, polarity), the first in file order: a "
-                          "prompt sampled many times (several models, candidates and seeds) does not dominate")
+    labels: str | None = opt(None, "comma-separated jsonl files of hand-labelled generated reviews (title, polarity, "
+                             "review, valid, label); rows with valid=true and label equal to polarity are accepted, "
+                             "the others rejected; None: " + _names(WRITER_LABELS) + " for sft, and also "
+                             + _names(DPO_LABELS[len(WRITER_LABELS):]) + " for dpo")
+    method: Literal["sft", "dpo"] = opt("sft", "sft learns the accepted reviews; dpo prefers each accepted review "
+                                        "over a rejected one of the same prompt (prefsynth.train.writer_dpo)")
+    out: Path | None = opt(None, "folder for the adapter and writer.json; None: the shipped one, data/writer for "
+                                 "sft, data/writer_dpo for dpo")
+    base_model: str | None = opt(None, "model the adapter is trained on ('bundled', 'writer-sft', a folder or a Hub id); "
+                                       "None: bundled for sft, writer-sft (the sft writer) for dpo", alias="model")
+    per_prompt: int = opt(2, "at most this many accepted (sft) or rejected (dpo) reviews per (title, polarity), the "
+                          "first in file order: a prompt sampled many times (several models, candidates and seeds) "
+                          "does not dominate")
     epochs: float = opt(1.0, "passes over the examples")
     batch_size: int = opt(8, "examples per optimizer step")
     lr: float = opt(2e-4, "learning rate (cosine schedule, 5 warm-up steps)")
     max_length: int = opt(384, "tokens per prompt+review; the generation prompt is ~180 tokens")
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
     seed: int = opt(0, "seed of LoRA init and data order")
+    beta: float = opt(0.1, "dpo only: how far from the reference the preference may pull")
+    rejected_from: str = opt("writer", "dpo only: rejected reviews whose model name contains this ('' for all): the "
+                             "writer's own failures are the ones it should unlearn")
 
     def validate(self) -> None:
+        if self.method not in ("sft", "dpo"):
+            raise UserError(f"method must be sft or dpo, got {self.method!r}")
+        if not self.beta > 0:
+            raise UserError(f"beta must be positive, got {self.beta}")
         if not self.epochs > 0:
             raise UserError(f"epochs must be positive, got {self.epochs}")
         if self.per_prompt < 1:
@@ -47,5 +68,14 @@ class WriterConfig:
             if not p.exists():
                 raise UserError(f"label file {p} does not exist")
 
+    def base(self) -> str:
+        """The model the adapter is trained on: the bundled model for sft, the writer that dpo polishes."""
+        return self.base_model or ("writer-sft" if self.method == "dpo" else "bundled")
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else (WRITER_DPO_DIR if self.method == "dpo" else WRITER_DIR)
+
     def label_paths(self) -> list[Path]:
+        if self.labels is None:
+            return list(DPO_LABELS if self.method == "dpo" else WRITER_LABELS)
         return [ROOT / p if not Path(p).is_absolute() else Path(p) for p in self.labels.split(",") if p.strip()]
