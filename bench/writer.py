@@ -29,16 +29,17 @@ def read_titles(path: Path) -> list[str]:
 
 
 def seen_titles() -> set[str]:
-    """Titles a writer may have been trained on or a reader has labelled: the shipped writer's training titles and every
-    title of a label file (accepted or not), so a comparison with a retrained writer stays on unseen titles."""
-    from prefsynth.constants import WRITER_DIR
+    """Titles a writer may have been trained on or a reader has labelled: the shipped adapters' training titles and
+    every title of a label file (accepted or not), so a comparison with a retrained writer stays on unseen titles."""
+    from prefsynth.constants import WRITER_DIR, WRITER_DPO_DIR
     from prefsynth.train.writer import RECORD
-    from prefsynth.train.writer_config import WRITER_LABELS
+    from prefsynth.train.writer_config import DPO_LABELS, WRITER_LABELS
     from prefsynth.validity_eval import ALL_LABELS
 
-    record = WRITER_DIR / RECORD
-    seen = set(json.loads(record.read_text())["titles"]) if record.exists() else set()
-    for path in [p for p in {*WRITER_LABELS, *ALL_LABELS} if p.exists()]:
+    seen = set()
+    for record in (WRITER_DIR / RECORD, WRITER_DPO_DIR / RECORD):
+        seen |= set(json.loads(record.read_text())["titles"]) if record.exists() else set()
+    for path in [p for p in {*WRITER_LABELS, *DPO_LABELS, *ALL_LABELS} if p.exists()]:
         seen |= {json.loads(line)["title"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
     return seen
 

@@ -15,9 +15,10 @@ from prefsynth.train.config import LoraSettings
 WRITER_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl"
                       for name in ("validity", "source_variant", "writer_eval", "neurips_eval"))
 # The DPO polish also learns from the tests of the SFT writer (their rejected texts are its own failures); the texts
-# read to test the polish (dpo_test_labels.jsonl) are in no training file.
-DPO_LABELS = (*WRITER_LABELS, *(ROOT / "tests" / "data" / f"{name}_labels.jsonl" for name in ("neurips_test",
-                                                                                              "scorer_test")))
+# read to test the polish (dpo_test_labels.jsonl) are in no training file. File order picks the pairs: this is the
+# order the shipped polish (data/writer_dpo) was trained with.
+DPO_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl" for name in (
+    "neurips_eval", "neurips_test", "scorer_test", "source_variant", "validity", "writer_eval"))
 
 
 def _names(paths) -> str:
@@ -28,8 +29,8 @@ def _names(paths) -> str:
 class WriterConfig:
     labels: str | None = opt(None, "comma-separated jsonl files of hand-labelled generated reviews (title, polarity, "
                              "review, valid, label); rows with valid=true and label equal to polarity are accepted, "
-                             "the others rejected; None: " + _names(WRITER_LABELS) + " for sft, and also "
-                             + _names(DPO_LABELS[len(WRITER_LABELS):]) + " for dpo")
+                             "the others rejected; None: " + _names(WRITER_LABELS) + " for sft, "
+                             + _names(DPO_LABELS) + " for dpo")
     method: Literal["sft", "dpo"] = opt("sft", "sft learns the accepted reviews; dpo prefers each accepted review "
                                         "over a rejected one of the same prompt (prefsynth.train.writer_dpo)")
     out: Path | None = opt(None, "folder for the adapter and writer.json; None: the shipped one, data/writer for "
