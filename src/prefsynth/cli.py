@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     from prefsynth.train.writer_config import WriterConfig
 
     _stage_parser(sub, "train-writer", "fine-tune the writer adapter (data/writer) on the generated reviews that were "
-                  "read and accepted (tests/data); builds generate with it as --model writer", WriterConfig,
-                  cmd_train_writer)
+                  "read and accepted (tests/data), or with --method dpo its polish (data/writer_dpo) on accepted over "
+                  "rejected ones; builds generate with both as --model writer", WriterConfig, cmd_train_writer)
     p = _stage_parser(sub, "view", "browse a dataset in a local web page: pairs side by side, kept and dropped rows, "
                       "filters, search", None, cmd_view)
     p.add_argument("path", help="dataset folder written by `prefsynth build`, or a Hub dataset repo namespace/name")

@@ -59,18 +59,13 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    from prefsynth.model import resolve_model
 
     templates = Templates(PromptConfig())
     data = examples(cfg.label_paths(), templates, cfg.per_prompt)
     if not data:
         raise UserError("no accepted reviews in the label files: nothing to train the writer on")
-    base = resolve_model(cfg.base())
-    tok = AutoTokenizer.from_pretrained(base.path)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    base, tok, model = load_base(cfg)
     titles = sorted({d["title"] for d in data})
     say(f"writer: {len(data)} accepted reviews of {len(titles)} titles, base {base.name}")
     out = cfg.out_dir()
@@ -107,6 +102,18 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     say(f"writer adapter -> {out} ({record['steps']} steps, loss {record['loss_first']} -> {record['loss_last']}, "
         f"{seconds:.0f} s)")
     return record
+
+
+def load_base(cfg: WriterConfig):
+    """(ModelRef, tokenizer, float32 model) of the model the adapter is trained on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefsynth.model import resolve_model
+
+    base = resolve_model(cfg.base())
+    return base, AutoTokenizer.from_pretrained(base.path), AutoModelForCausalLM.from_pretrained(
+        base.path, dtype=torch.float32)
 
 
 def describe(folder: Path, record: dict) -> None:

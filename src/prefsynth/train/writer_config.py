@@ -35,14 +35,14 @@ class WriterConfig:
                                         "over a rejected one of the same prompt (prefsynth.train.writer_dpo)")
     out: Path | None = opt(None, "folder for the adapter and writer.json; None: the shipped one, data/writer for "
                                  "sft, data/writer_dpo for dpo")
-    base_model: str | None = opt(None, "model the adapter is trained on ('bundled', 'writer-sft', a folder or a Hub id); "
-                                       "None: bundled for sft, writer-sft (the sft writer) for dpo", alias="model")
+    base_model: str | None = opt(None, "model the adapter is trained on ('bundled', 'writer-sft', a folder or a Hub "
+                                       "id); None: bundled for sft, writer-sft (the sft writer) for dpo", alias="model")
     per_prompt: int = opt(2, "at most this many accepted (sft) or rejected (dpo) reviews per (title, polarity), the "
                           "first in file order: a prompt sampled many times (several models, candidates and seeds) "
                           "does not dominate")
     epochs: float = opt(1.0, "passes over the examples")
     batch_size: int = opt(8, "examples per optimizer step")
-    lr: float = opt(2e-4, "learning rate (cosine schedule, 5 warm-up steps)")
+    lr: float = opt(2e-4, "learning rate (cosine schedule after a warm-up of 5 steps for sft, 3 for dpo)")
     max_length: int = opt(384, "tokens per prompt+review; the generation prompt is ~180 tokens")
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
     seed: int = opt(0, "seed of LoRA init and data order")

@@ -3,8 +3,8 @@
 SFT on accepted reviews (prefsynth.train.writer) teaches the writer what a good review looks like but never what a
 bad one is. Here every generated review a reader rejected (incoherent, hearsay, wrong paper...) that shares its
 (title, polarity) with one the reader accepted becomes a DPO pair: the same generation prompt, the accepted review
-chosen, the rejected one rejected. The LoRA adapter is trained on top of the merged writer (--model writer), whose
-own weights are the reference, and the result is merged onto it (prefsynth.model.ensure_writer_model).
+chosen, the rejected one rejected. The LoRA adapter is trained on top of the merged SFT writer (--model writer-sft),
+whose own weights are the reference, and is merged onto it for `--model writer` (prefsynth.model.ensure_writer_model).
 """
 
 from __future__ import annotations
@@ -60,25 +60,22 @@ def preference_pairs(paths: list[Path], templates: Templates, per_prompt: int, r
 
 
 def fit_writer_dpo(cfg: WriterConfig, say=print) -> dict:
-    """Train the DPO adapter on top of cfg.base_model and write it with its record into cfg.out."""
+    """Train the DPO adapter on top of cfg.base() and write it with its record into cfg.out_dir() (whole or not at
+    all)."""
     cfg.validate()
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from prefsynth.model import resolve_model
     from prefsynth.train.trainer import progress_callback
-    from prefsynth.train.writer import RECORD, describe, label_hashes, store_halved
+    from prefsynth.train.writer import RECORD, describe, label_hashes, load_base, store_halved
 
     templates = Templates(PromptConfig())
     pairs = preference_pairs(cfg.label_paths(), templates, cfg.per_prompt, cfg.rejected_from)
     if not pairs:
         raise UserError("no (accepted, rejected) review pairs of one prompt in the label files: nothing to train on")
-    base = resolve_model(cfg.base())
-    tok = AutoTokenizer.from_pretrained(base.path)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    base, tok, model = load_base(cfg)
     titles = sorted({p["title"] for p in pairs})
     say(f"writer dpo: {len(pairs)} pairs of {len(titles)} titles, base {base.name}")
     out = cfg.out_dir()
