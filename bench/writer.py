@@ -62,6 +62,8 @@ def main() -> int:
     p.add_argument("--models", default="bundled:0.5,writer", help="comma-separated MODEL or MODEL:TEMPERATURE "
                    "(default: each model at its measured best; no temperature: generate's default)")
     p.add_argument("--candidates", default="1,2,4")
+    p.add_argument("--openings", default=None, help="semicolon-separated values of --generate.opening to compare, each "
+                                                     "a row per model and n (default: generate's own)")
     p.add_argument("--max-p-invalid", default=None, help="comma-separated validity-scorer thresholds to build with "
                    "(default: the build's; 1.0: rules alone), each a row per model and n")
     p.add_argument("--labels", default=str(LABELS))
@@ -85,7 +87,7 @@ def main() -> int:
     from prefsynth.judge import JudgeConfig, JudgeSetup, judge
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
-    from prefsynth.quality import writer_tag
+    from prefsynth.quality import opening_tag, writer_tag
     from prefsynth.rounds import round_tokens
     from prefsynth.validity_eval import labels_by_text
 
@@ -107,16 +109,17 @@ def main() -> int:
              f"{'labelled':>8} {'valid+polarised pairs':>24} {'texts':>18}"]
     print("\n".join(lines))
     dump: dict[tuple[str, str], dict] = {}
-    for spec in a.models.split(","):
+    openings = a.openings.split(";") if a.openings else [GenerateConfig().opening]
+    for spec, opening in [(m, o) for m in a.models.split(",") for o in openings]:
         name, _, temperature = spec.rpartition(":") if ":" in spec else (spec, "", "")
-        gen_cfg = GenerateConfig(model=name, candidates=max(ns))
+        gen_cfg = GenerateConfig(model=name, candidates=max(ns), opening=opening)
         if temperature:
             gen_cfg.temperature = float(temperature)
         gens = generate(titles, templates, gen_cfg)
         jcfg = JudgeConfig(model="bundled")  # every model's reviews judged alike, by the judge that was measured
         judged = judge(gens, templates, jcfg, JudgeSetup.of(gens.model, gen_cfg, jcfg))
         tag = writer_tag(gens.model.name, gens.model.fingerprint).get("model", gens.model.name)
-        name_t = f"{gens.model.name} T {gen_cfg.temperature}"
+        name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "")
         for n, threshold in [(n, t) for n in ns for t in thresholds]:
             cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold)
             out = build(gens.rows.filter(pl.col("candidate") < n), titles, templates, cfg, judged.scores)
@@ -129,7 +132,8 @@ def main() -> int:
                 for text, pol in sides:
                     dump.setdefault((r["title"], text), {"title": r["title"], "polarity": pol, "review": text,
                                                          "model": tag, "sampling": gen_cfg.sampling() | (
-                                                             {"model": tag} if tag != gens.model.name else {})})
+                                                             {"model": tag} if tag != gens.model.name else {}) | (
+                                                             opening_tag(opening))})
                     if (lab := labels.get((r["title"], text))) is not None:
                         valid = lab["valid"] or (a.earlier_standard and lab.get("valid_by_earlier_standard", False))
                         ok = bool(valid and lab["label"] == pol)

@@ -41,3 +41,28 @@ def test_cache_key_covers_sampling_and_templates(tiny_model, tmp_path, templates
     generate(TITLES[:1], templates, _cfg(tiny_model, tmp_path))
     hotter = generate(TITLES[:1], templates, _cfg(tiny_model, tmp_path, temperature=1.3))
     assert hotter.stats["generated"] == 2
+
+
+def test_several_openings_rotate_over_titles_and_candidates(tiny_model, tmp_path, templates):
+    from prefsynth.generate import generation_key, opening_for
+    from prefsynth.model import resolve_model
+
+    alts = ["The paper", "The authors", "This work"]
+    cfg = _cfg(tiny_model, tmp_path, opening="|".join(alts), candidates=3)
+    one = _cfg(tiny_model, tmp_path, opening="The paper", candidates=3)
+    for title in TITLES:
+        for pol in ("negative", "positive"):
+            # each retry of a review starts differently; a single opening never changes
+            assert sorted(opening_for(cfg, pol, title, c) for c in range(3)) == sorted(alts)
+            assert {opening_for(one, pol, title, c) for c in range(3)} == {"The paper"}
+    many = [f"Title {i}" for i in range(60)]
+    assert {opening_for(cfg, "negative", t) for t in many} == set(alts)  # titles spread over the alternatives
+    model = resolve_model(str(tiny_model))
+    for c in range(3):  # where the rotation picks the single opening, the review is the same cached one
+        same = opening_for(cfg, "positive", TITLES[0], c) == "The paper"
+        assert (generation_key(model, templates, cfg, TITLES[0], "positive", c)
+                == generation_key(model, templates, one, TITLES[0], "positive", c)) == same
+    rows = generate(TITLES[:2], templates, cfg).rows
+    assert rows.height == 12
+    for r in rows.iter_rows(named=True):
+        assert r["text"].startswith(opening_for(cfg, r["polarity"], r["title"], r["candidate"]))

@@ -109,8 +109,9 @@ def test_flow_on_bundled_model_through_vllm(bundled_model, tmp_path):
     assert set(paired) == set(unpaired) <= {"train", "validation"}
     manifest = json.loads((out / "prefsynth.json").read_text())
     prov = manifest["configs"]["paired"]["provenance"]
-    # the default writer (bundled model + data/writer) wrote the reviews; the bundled model it was trained from judged
-    assert prov["backend"] == "vllm" and prov["model"] == "SmolLM2-135M-Instruct + writer"
+    # the default writer (bundled model + data/writer + data/writer_dpo) wrote the reviews; the bundled model it was
+    # trained from judged
+    assert prov["backend"] == "vllm" and prov["model"] == "SmolLM2-135M-Instruct + writer + writer_dpo"
     assert manifest["configs"]["paired"]["stats"]["quality"]["judge_model"] == "SmolLM2-135M-Instruct"
     chosen = paired["train"][0]["chosen"][0]["content"]
     assert len(chosen.split()) >= 5  # real prose from a real model

@@ -83,6 +83,19 @@ def test_a_writers_texts_are_their_own_setting(tmp_path, monkeypatch):
     assert not quality.validity_estimate("r1", NEW | tag)["same_sampling"]
 
 
+def test_texts_with_other_opening_words_are_their_own_setting(tmp_path, monkeypatch):
+    """The opening words change what the model writes: a build with other ones does not quote the labels of texts
+    that started with the plain opening."""
+    from prefsynth.generate import PLAIN_OPENING
+
+    assert quality.opening_tag(PLAIN_OPENING) == {}
+    tag = quality.opening_tag("The paper|The authors")
+    assert tag == {"opening": "The paper|The authors"}
+    _measured(tmp_path, monkeypatch)
+    assert quality.validity_estimate("r1", NEW | quality.opening_tag(PLAIN_OPENING))["same_sampling"]
+    assert not quality.validity_estimate("r1", NEW | tag)["same_sampling"]
+
+
 def test_the_shipped_figures_cover_the_default_writer():
     """data/judge/validity.json (make validity-eval) holds a figure for texts the default settings write with the
     shipped writer (its weights' fingerprint in the tag): the writer's kept reviews of held-out titles, read blind."""

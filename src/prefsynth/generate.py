@@ -26,6 +26,11 @@ from prefsynth.prompts import NEUTRAL, POLARITIES, Templates, template_for
 from prefsynth.shared_store import Tiered
 
 
+# The opening every hand-labelled text up to 2026-12-02 was written with: texts sampled with another one are told
+# apart in the validity estimate (prefsynth.quality.opening_tag).
+PLAIN_OPENING = "The paper"
+
+
 @dataclass
 class GenerateConfig:
     # The writer (bench/writer.py, docs/quality.md): on 60 held-out titles, 77% instead of 48% of kept pairs valid and
@@ -50,8 +55,10 @@ class GenerateConfig:
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
-    opening: str = opt("The paper", "words the reply starts with, written into the assistant turn before the model continues "
-                           "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text")
+    opening: str = opt(PLAIN_OPENING, "words the reply starts with, written into the assistant turn before the model continues "
+                           "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text. "
+                           "Several alternatives separated by '|' rotate: candidate k of a (title, polarity) starts "
+                           "with the alternative after candidate k-1's, the first one picked by a hash of both")
     candidates: int = opt(4, "at most this many reviews sampled per (title, polarity), each under its own cache key "
                              "and seed; candidate k is sampled only where candidates 0..k-1 all failed a filter or "
                              "the judge, and the build keeps the best (build.pairing sampled: 2 x this many per "
@@ -123,8 +130,8 @@ def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, t
     """The cache key of one review. The opening and the candidate index join the key only when set, so reviews
     cached before either existed keep their keys (and candidate 0 is the review a one-candidate run makes)."""
     extra: dict[str, object] = {}
-    if opening_for(cfg, polarity):
-        extra["opening"] = cfg.opening
+    if opening := opening_for(cfg, polarity, title, candidate):
+        extra["opening"] = opening
     if candidate:
         extra["candidate"] = candidate
     return make_key(model=model.fingerprint, templates=templates.hash_for(template_for(polarity)),
@@ -132,19 +139,27 @@ def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, t
                     system=cfg.system_prompt, title=title, polarity=polarity, **extra)
 
 
-def opening_for(cfg: GenerateConfig, polarity: str) -> str:
-    """A NEUTRAL review is sampled exactly as the policy would write it from the stored prompt: no opening words
-    and no system message of ours (the model's own default, as TRL's chat template adds it)."""
-    return "" if polarity == NEUTRAL else cfg.opening
+def opening_for(cfg: GenerateConfig, polarity: str, title: str = "", candidate: int = 0) -> str:
+    """The words one review starts with. A NEUTRAL review is sampled exactly as the policy would write it from the
+    stored prompt: no opening words and no system message of ours (the model's own default, as TRL's chat template
+    adds it). With several alternatives, titles spread over them and each retry of a review starts differently."""
+    if polarity == NEUTRAL:
+        return ""
+    alternatives = cfg.opening.split("|")
+    if len(alternatives) == 1:
+        return cfg.opening
+    first = int(hashlib.sha256(f"{title}\0{polarity}".encode()).hexdigest()[:8], 16)
+    return alternatives[(first + candidate) % len(alternatives)]
 
 
-def prompt_for(backend, templates: Templates, cfg: GenerateConfig, title: str, polarity: str) -> str:
+def prompt_for(backend, templates: Templates, cfg: GenerateConfig, title: str, polarity: str,
+               candidate: int = 0) -> str:
     """The engine input of one review: chat-templated instruction (plus the opening words the reply starts with)."""
     if polarity == NEUTRAL:
         return backend.chat(templates.dataset(title))
     # The configured system message wins over prompts/system.j2; judge prompts carry neither of the two.
     system = cfg.system_prompt if cfg.system_prompt is not None else templates.system()
-    return backend.chat(templates.generation(title, polarity), system) + cfg.opening
+    return backend.chat(templates.generation(title, polarity), system) + opening_for(cfg, polarity, title, candidate)
 
 
 def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
@@ -174,7 +189,7 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         backend = get_backend(model, cfg)
         dtype = backend.dtype
         t_engine = time.time() - t1
-        requests = [Request(k, prompt_for(backend, templates, cfg, *wanted[k][:2]), request_seed(k)) for k in todo]
+        requests = [Request(k, prompt_for(backend, templates, cfg, *wanted[k]), request_seed(k)) for k in todo]
         from tqdm.auto import tqdm
 
         from prefsynth.progress import Meter
@@ -199,9 +214,9 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
         try:
             with store.journal(cfg.fsync_seconds) as journal:
                 for out in backend.generate(requests):
-                    title, polarity, _ = wanted[out.key]
+                    title, polarity, c = wanted[out.key]
                     journal.add({"key": out.key, "title": title, "polarity": polarity,
-                                 "text": opening_for(cfg, polarity) + out.text,
+                                 "text": opening_for(cfg, polarity, title, c) + out.text,
                                  "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                                  "finish_reason": out.finish_reason, "model": model.name,
                                  "template_hash": templates.hash_for(template_for(polarity)),

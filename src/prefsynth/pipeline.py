@@ -187,7 +187,8 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
          "judge_accuracy": {k: v for k, v in acc.items() if k != "judge"},
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":
-        sampling = cfg.generate.sampling() | quality.writer_tag(gens.model.name, gens.model.fingerprint)
+        sampling = cfg.generate.sampling() | quality.writer_tag(gens.model.name, gens.model.fingerprint) | (
+            quality.opening_tag(cfg.generate.opening))
         q["validity"] = quality.validity_estimate(
             checks_version(rules_version(templates), cfg.build.max_p_invalid), sampling)
     return q

@@ -77,6 +77,14 @@ def sampling_key(sampling: dict) -> str:
     return json.dumps({k: v for k, v in sampling.items() if k != "seed"}, sort_keys=True)
 
 
+def opening_tag(opening: str) -> dict:
+    """What joins the sampling key for texts that start with other words than the plain opening (labels made before
+    openings could differ carry no tag)."""
+    from prefsynth.generate import PLAIN_OPENING
+
+    return {} if opening == PLAIN_OPENING else {"opening": opening}
+
+
 def writer_tag(name: str, fingerprint: str) -> dict:
     """What joins the sampling key for texts of a model other than the bundled one (labels made before the writer
     carry no tag: they were all written by the bundled model)."""
