@@ -42,8 +42,11 @@ SCORER_TEST_LABELS = ROOT / "tests" / "data" / "scorer_test_labels.jsonl"
 # Kept pairs of the SFT writer and of its DPO polish on fresh NeurIPS titles, read blind after the polish was
 # trained: its test, in no training file.
 DPO_TEST_LABELS = ROOT / "tests" / "data" / "dpo_test_labels.jsonl"
+# Kept pairs of the polished writer with the plain opening and with four rotating ones on fresh NeurIPS titles, read
+# blind: the test of rotating openings and a second test of the polish, in no training file.
+OPENING_TEST_LABELS = ROOT / "tests" / "data" / "opening_test_labels.jsonl"
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
-              DPO_TEST_LABELS)
+              DPO_TEST_LABELS, OPENING_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
