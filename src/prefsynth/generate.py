@@ -55,10 +55,10 @@ class GenerateConfig:
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
-    opening: str = opt(PLAIN_OPENING, "words the reply starts with, written into the assistant turn before the model continues "
-                           "(e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the text. "
-                           "Several alternatives separated by '|' rotate: candidate k of a (title, polarity) starts "
-                           "with the alternative after candidate k-1's, the first one picked by a hash of both")
+    opening: str = opt(PLAIN_OPENING, "words the reply starts with, written into the assistant turn before the model "
+                       "continues (e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the "
+                       "text. Several alternatives separated by '|' rotate: candidate k of a (title, polarity) starts "
+                       "with the alternative after candidate k-1's, the first one picked by a hash of both")
     candidates: int = opt(4, "at most this many reviews sampled per (title, polarity), each under its own cache key "
                              "and seed; candidate k is sampled only where candidates 0..k-1 all failed a filter or "
                              "the judge, and the build keeps the best (build.pairing sampled: 2 x this many per "
