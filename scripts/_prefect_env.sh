@@ -29,5 +29,13 @@ detach() {
   shift 2
   mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
   "$PY" -c 'import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])' "$@" </dev/null >>"$log" 2>&1 &
-  echo "$!" >"$pidfile"
+  local pid=$!
+  echo "$pid" >"$pidfile"
+  # Until the child has exec'd, its command line is still this script's, and a name check (alive, engine_alive)
+  # would call a starting process dead: return once the command shows (or the child is gone).
+  for _ in $(seq 1 200); do
+    grep -qaF -- "$1" "/proc/$pid/cmdline" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.01
+  done
 }
