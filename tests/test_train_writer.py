@@ -79,6 +79,8 @@ def test_fit_merge_and_reload(tiny_model: Path, labels: Path, tmp_path: Path):
     saved = json.loads((out / "writer.json").read_text())
     assert saved == record
     assert record["examples"] == 3 and record["titles"] == ["Paper A", "Paper C"] and record["steps"] == 4
+    modules = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules)  # PEFT writes a set in hash order; sorted, a retrain writes the same bytes
     assert record["base_fingerprint"] == resolve_model(str(tiny_model)).fingerprint
     from safetensors.torch import load_file
     assert {v.dtype for v in load_file(out / "adapter_model.safetensors").values()} == {torch.float16}

@@ -121,6 +121,8 @@ def describe(folder: Path, record: dict) -> None:
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = record["base"]
+    if isinstance(cfg.get("target_modules"), list):  # PEFT writes a set in hash order: sorted, a retrain is the same
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     if record.get("method") == "dpo":
         what = (f"polished with DPO (beta {record['beta']}) on {record['examples']} pairs of one prompt each: a "
