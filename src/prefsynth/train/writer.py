@@ -56,9 +56,7 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
 
         return fit_writer_dpo(cfg, say)
     cfg.validate()
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     templates = Templates(PromptConfig())
@@ -70,15 +68,8 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     say(f"writer: {len(data)} accepted reviews of {len(titles)} titles, base {base.name}")
     out = cfg.out_dir()
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        args = SFTConfig(output_dir=work, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-                         learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=5,
-                         save_strategy="no", report_to=[], max_length=cfg.max_length, seed=cfg.seed,
-                         # TRL turns bf16 on by default: on a CPU without bf16 units that is several times
-                         # slower than float32; a GPU keeps it.
-                         bf16=torch.cuda.is_available(), gradient_checkpointing=False,
-                         use_cpu=not torch.cuda.is_available())
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules(), task_type="CAUSAL_LM")
+        args = SFTConfig(**trainer_args(cfg, work, warmup_steps=5, logging_steps=5))
+        lora = lora_config(cfg)
         train = Dataset.from_list([{k: d[k] for k in ("prompt", "completion")} for d in data])
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=lora,
                              callbacks=[progress_callback(say)])  # a line per logged step: ~30 s a step on 2 cores
@@ -102,6 +93,26 @@ def fit_writer(cfg: WriterConfig, say=print) -> dict:
     say(f"writer adapter -> {out} ({record['steps']} steps, loss {record['loss_first']} -> {record['loss_last']}, "
         f"{seconds:.0f} s)")
     return record
+
+
+def trainer_args(cfg: WriterConfig, work: str, **kw) -> dict:
+    """The TRL config both writer trainers share (SFT and DPO), plus their own settings."""
+    import torch
+
+    return dict(output_dir=work, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                learning_rate=cfg.lr, lr_scheduler_type="cosine", save_strategy="no", report_to=[],
+                max_length=cfg.max_length, seed=cfg.seed,
+                # TRL turns bf16 on by default: on a CPU without bf16 units that is several times slower than
+                # float32; a GPU keeps it.
+                bf16=torch.cuda.is_available(), gradient_checkpointing=False,
+                use_cpu=not torch.cuda.is_available(), **kw)
+
+
+def lora_config(cfg: WriterConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules(), task_type="CAUSAL_LM")
 
 
 def load_base(cfg: WriterConfig):

@@ -63,13 +63,12 @@ def fit_writer_dpo(cfg: WriterConfig, say=print) -> dict:
     """Train the DPO adapter on top of cfg.base() and write it with its record into cfg.out_dir() (whole or not at
     all)."""
     cfg.validate()
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from prefsynth.train.trainer import progress_callback
-    from prefsynth.train.writer import RECORD, describe, label_hashes, load_base, store_halved
+    from prefsynth.train.writer import (RECORD, describe, label_hashes, load_base, lora_config, store_halved,
+                                        trainer_args)
 
     templates = Templates(PromptConfig())
     pairs = preference_pairs(cfg.label_paths(), templates, cfg.per_prompt, cfg.rejected_from)
@@ -80,13 +79,9 @@ def fit_writer_dpo(cfg: WriterConfig, say=print) -> dict:
     say(f"writer dpo: {len(pairs)} pairs of {len(titles)} titles, base {base.name}")
     out = cfg.out_dir()
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        args = DPOConfig(output_dir=work, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-                         learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=3, logging_steps=2,
-                         save_strategy="no", report_to=[], max_length=cfg.max_length, seed=cfg.seed, beta=cfg.beta,
-                         bf16=torch.cuda.is_available(), gradient_checkpointing=False,
-                         use_cpu=not torch.cuda.is_available(), disable_dropout=False)
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules(), task_type="CAUSAL_LM")
+        args = DPOConfig(**trainer_args(cfg, work, warmup_steps=3, logging_steps=2, beta=cfg.beta,
+                                        disable_dropout=False))
+        lora = lora_config(cfg)
         train = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         # ref_model None with a LoRA config: the reference is the base with the adapter switched off, i.e. the
         # writer as it was before this run.
