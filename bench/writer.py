@@ -1,8 +1,9 @@
 """The writer against the bundled model, side by side in one run, on titles the writer was not trained on.
 
 For each model: 4 candidates per (title, polarity), judged by the bundled model's head + the text judge (the writer
-is judged by the model it was trained from); then, as bench/yield_table.py does, for n = 1, 2, 4: titles that yield
-a pair, the tokens the pipeline's rounds would generate, and, for kept pairs whose two reviews were read by hand
+is judged by the model it was trained from); then, as bench/yield_table.py does, for n = 1, 2, 4, what a build with
+n candidates would generate and keep (prefsynth.rounds.round_rows: candidate k only where candidates 0..k-1 failed):
+titles that yield a pair, the tokens generated, and, for kept pairs whose two reviews were read by hand
 (tests/data/writer_eval_labels.jsonl, matched by title and text), the share that are valid reviews of the asked tone.
 
     .venv/bin/python bench/writer.py --n 60                       # make bench-writer
@@ -77,7 +78,6 @@ def main() -> int:
     if a.exact and not a.titles:
         p.error("--exact needs --titles")
 
-    import polars as pl
 
     from prefsynth.build import BuildConfig, build
     from prefsynth.cli import quiet_libraries
@@ -88,7 +88,7 @@ def main() -> int:
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
     from prefsynth.quality import opening_tag, writer_tag
-    from prefsynth.rounds import round_tokens
+    from prefsynth.rounds import round_rows
     from prefsynth.validity_eval import labels_by_text
 
     quiet_libraries()
@@ -122,9 +122,11 @@ def main() -> int:
         name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "")
         for n, threshold in [(n, t) for n in ns for t in thresholds]:
             cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold)
-            out = build(gens.rows.filter(pl.col("candidate") < n), titles, templates, cfg, judged.scores)
+            # what a build with n candidates generates and keeps (candidate k only where 0..k-1 failed)
+            rows = round_rows(gens, judged, templates, cfg, n)
+            out = build(rows, titles, templates, cfg, judged.scores)
             kept = out.frames["paired"]["train"]
-            tokens = round_tokens(gens, judged, templates, cfg, n)
+            tokens = int(rows.get_column("completion_tokens").sum())
             good = labelled = texts_good = texts = 0
             for r in kept.iter_rows(named=True):
                 sides = ((r["chosen"][0]["content"], "negative"), (r["rejected"][0]["content"], "positive"))

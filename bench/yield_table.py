@@ -1,8 +1,8 @@
 """Yield at the source: kept pairs, valid pairs and generation cost at 1, 2 and 4 candidates per review.
 
 One engine run generates 4 candidates per (title, polarity) (candidate k is cached under its own key and seed, so
-the n=1 and n=2 builds are exactly what those settings would generate); the build then keeps the best clean
-candidate per review. For each n it prints: titles that yield a pair, the generated tokens and estimated seconds
+the n=1 and n=2 builds are exactly what those settings would generate); each n builds from what the pipeline's
+rounds would have generated (candidate k only where candidates 0..k-1 failed), so it keeps what that build keeps. For each n it prints: titles that yield a pair, the generated tokens and estimated seconds
 (this run's throughput; with the pipeline's rounds, candidate k only where earlier ones failed), and, for the kept
 pairs whose two reviews were labelled by reading them
 (tests/data/validity_labels.jsonl, matched by text), the share that are valid reviews of the right polarity.
@@ -43,7 +43,7 @@ def main() -> int:
     from prefsynth.judge import JudgeConfig, Judged, JudgeSetup, judge
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
-    from prefsynth.rounds import round_tokens
+    from prefsynth.rounds import round_rows
     from prefsynth.validity_eval import labels_by_text
 
     quiet_libraries()
@@ -72,10 +72,10 @@ def main() -> int:
     print("\n".join(lines))
     dump: dict[tuple[str, str], dict] = {}
     for n in ns:
-        sub = rows.filter(pl.col("candidate") < n)
+        sub = round_rows(gens, Judged(judged.scores), templates, cfg, n)  # what a build with n candidates keeps
         out = build(sub, titles, templates, cfg, judged.scores)
         kept = out.frames["paired"]["train"]
-        tokens = round_tokens(gens, Judged(judged.scores), templates, cfg, n)
+        tokens = int(sub.get_column("completion_tokens").sum())
         good = labelled = 0
         for r in kept.iter_rows(named=True):
             c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]

@@ -11,7 +11,7 @@ from prefsynth.judge import JudgeConfig
 from prefsynth.model import resolve_model
 from prefsynth.pipeline import plain_step
 from prefsynth.prompts import PromptConfig, Templates
-from prefsynth.rounds import generate_judged
+from prefsynth.rounds import generate_judged, round_rows, round_tokens
 
 TITLES = ["Attention Is All You Need", "Deep Residual Learning for Image Recognition"]
 
@@ -62,3 +62,22 @@ def test_a_review_that_fails_gets_every_candidate_and_the_build_keeps_one(tiny_m
     assert out.frames["paired"]["train"].height == 2  # one pair per title, from the best candidates
     kept_keys = set(out.frames["paired"]["train"].get_column("chosen_key").to_list())
     assert kept_keys <= set(gens.rows.filter(pl.col("polarity") == "negative").get_column("key").to_list())
+
+
+def test_round_rows_are_what_the_rounds_generate(tiny_model, tmp_path, templates):
+    """Benches sample every candidate once and then pick, per n, what a build with n candidates would have made."""
+    every = generate(TITLES, templates, _gen(tiny_model, tmp_path, 3))  # all 3 candidates of all 4 reviews
+    assert every.rows.height == 12
+    passes = BuildConfig(invalid="keep", inconsistent="keep", truncated="keep", min_chars=0, max_repeat=1.0,
+                         max_echo=1.0, near_duplicate=1.0, validation_fraction=0.0)
+    never = BuildConfig(min_chars=10_000, validation_fraction=0.0)
+    for cfg in (passes, never):
+        made, _ = generate_judged(TITLES, templates, _gen(tiny_model, tmp_path, 3), JudgeConfig(enabled=False), cfg,
+                                  plain_step)
+        picked = round_rows(every, None, templates, cfg, 3)
+        assert sorted(picked.get_column("key").to_list()) == sorted(made.rows.get_column("key").to_list())
+    assert round_rows(every, None, templates, never, 2).height == 8
+    assert round_tokens(every, None, templates, never, 2) == \
+        every.rows.filter(pl.col("candidate") < 2).get_column("completion_tokens").sum()
+    if every.rows.get_column("text").is_duplicated().sum() == 0:  # a copy is the only thing that fails `passes`
+        assert round_rows(every, None, templates, passes, 3).get_column("candidate").to_list() == [0, 0, 0, 0]

@@ -120,18 +120,26 @@ def _concat_judged(parts: list[Judged]) -> Judged:
     return Judged(scores, _merge_stats([p.stats for p in parts]))
 
 
-def round_tokens(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig, n: int) -> int:
-    """Tokens the rounds above would generate at n candidates, counted on a run that sampled all n for every
-    review: candidate k only for the reviews no earlier candidate settled."""
+def round_rows(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig,
+               n: int) -> pl.DataFrame:
+    """The rows the rounds above would have generated at n candidates, picked from a run that sampled all n for
+    every review: candidate k only for the reviews no earlier candidate settled. Building from these keeps what a
+    build with `generate.candidates n` keeps (a review settled by candidate 0 keeps candidate 0, however the later
+    ones would have been judged)."""
     rows = gens.rows
     need = set(rows.select("title", "polarity").unique().iter_rows())
-    tokens = 0
+    parts = []
     for k in range(n):
         part = rows.filter(pl.col("candidate") == k).filter(
             pl.struct("title", "polarity").map_elements(lambda r: (r["title"], r["polarity"]) in need,
                                                         return_dtype=pl.Boolean))
-        tokens += int(part.get_column("completion_tokens").sum())
-        need -= settled(Generations(rows.filter(pl.col("candidate") <= k), gens.model), judged, templates, cfg)
+        parts.append(part)
+        need -= settled(Generations(pl.concat(parts), gens.model), judged, templates, cfg)
         if not need:
             break
-    return tokens
+    return pl.concat(parts)
+
+
+def round_tokens(gens: Generations, judged: Judged | None, templates: Templates, cfg: BuildConfig, n: int) -> int:
+    """Tokens the rounds above would generate at n candidates (`round_rows`)."""
+    return int(round_rows(gens, judged, templates, cfg, n).get_column("completion_tokens").sum())
