@@ -39,14 +39,17 @@ NEURIPS_TEST_LABELS = ROOT / "tests" / "data" / "neurips_test_labels.jsonl"
 # Kept pairs of the second writer on fresh NeurIPS titles, with and without the validity scorer, read blind after
 # the scorer was fitted: the test of the scorer (in no training file of the scorer; the DPO polish learns from it).
 SCORER_TEST_LABELS = ROOT / "tests" / "data" / "scorer_test_labels.jsonl"
-# Kept pairs of the SFT writer and of its DPO polish on fresh NeurIPS titles, read blind after the polish was
-# trained: its test, in no training file.
+# Kept pairs of the SFT writer and of its first DPO polish on fresh NeurIPS titles, read blind after the polish was
+# trained: its test (the second polish learns from it).
 DPO_TEST_LABELS = ROOT / "tests" / "data" / "dpo_test_labels.jsonl"
-# Kept pairs of the polished writer with the plain opening and with four rotating ones on fresh NeurIPS titles, read
-# blind: the test of rotating openings and a second test of the polish, in no training file.
+# Kept pairs of the first polished writer with the plain opening and with four rotating ones on fresh NeurIPS titles,
+# read blind: the test of rotating openings and a second test of that polish (the second polish learns from it).
 OPENING_TEST_LABELS = ROOT / "tests" / "data" / "opening_test_labels.jsonl"
+# Kept pairs of the second DPO polish (trained on the two files above too) on fresh NeurIPS titles, read blind: its
+# test, in no training file.
+DPO2_TEST_LABELS = ROOT / "tests" / "data" / "dpo2_test_labels.jsonl"
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
-              DPO_TEST_LABELS, OPENING_TEST_LABELS)
+              DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 

@@ -14,11 +14,13 @@ from prefsynth.train.config import LoraSettings
 # Generated reviews read by hand; the writer learns from the ones a reader found valid and of the asked tone.
 WRITER_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl"
                       for name in ("validity", "source_variant", "writer_eval", "neurips_eval"))
-# The DPO polish also learns from the tests of the SFT writer (their rejected texts are its own failures); the texts
-# read to test the polish (dpo_test_labels.jsonl) are in no training file. File order picks the pairs: this is the
-# order the shipped polish (data/writer_dpo) was trained with.
+# The DPO polish also learns from the tests of the writers before it (their rejected texts are its own failures):
+# the SFT writer's, and the first polish's (dpo_test, opening_test). The texts read to test this polish
+# (dpo2_test_labels.jsonl) are in no training file. File order picks the pairs: this is the order the shipped polish
+# (data/writer_dpo) was trained with.
 DPO_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl" for name in (
-    "neurips_eval", "neurips_test", "scorer_test", "source_variant", "validity", "writer_eval"))
+    "neurips_eval", "neurips_test", "scorer_test", "source_variant", "validity", "writer_eval", "dpo_test",
+    "opening_test"))
 
 
 def _names(paths) -> str:
