@@ -7,7 +7,11 @@ file when they were read) under both models with vLLM and prints, per label file
 and of the asked tone vs not (0.5: no signal; a filter needs far more than 0.7 to remove bad texts without good
 ones).
 
-    .venv/bin/python bench/logprob_signal.py                     # ~7 min on 2 cores (220 texts, 2 models)
+    .venv/bin/python bench/logprob_signal.py                     # ~7-14 min on 2 cores (220 texts, 2 models)
+
+The figures in docs/quality.md (bench/results/logprob_signal.txt) were measured with the first polish as `--polished
+writer`, which wrote these texts; the second polish, the default since, was trained on them, so rerun with the first
+polish's merged folder as --polished for the same measurement.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--good", type=int, default=150, help="good texts sampled (all bad ones are kept)")
     p.add_argument("--model-tag", default="writer_dpo", help="score texts whose model tag contains this")
+    p.add_argument("--polished", default="writer", help="the polished writer (a model name or merged folder)")
     a = p.parse_args()
     from prefsynth.cli import quiet_libraries
 
@@ -74,7 +79,7 @@ def main() -> int:
     random.Random(0).shuffle(good)
     rows = [r for r in rows if not r["good"]] + good[:a.good]
     t0 = time.time()
-    polished, sft = token_logprobs("writer", rows), token_logprobs("writer-sft", rows)
+    polished, sft = token_logprobs(a.polished, rows), token_logprobs("writer-sft", rows)
     signals = {
         "writer mean log-prob": [sum(x) / len(x) for x in polished],
         "writer total log-prob": [sum(x) for x in polished],
