@@ -78,7 +78,6 @@ def main() -> int:
     if a.exact and not a.titles:
         p.error("--exact needs --titles")
 
-
     from prefsynth.build import BuildConfig, build
     from prefsynth.cli import quiet_libraries
     from prefsynth.constants import DEFAULT_TITLES

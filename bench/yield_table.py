@@ -2,8 +2,9 @@
 
 One engine run generates 4 candidates per (title, polarity) (candidate k is cached under its own key and seed, so
 the n=1 and n=2 builds are exactly what those settings would generate); each n builds from what the pipeline's
-rounds would have generated (candidate k only where candidates 0..k-1 failed), so it keeps what that build keeps. For each n it prints: titles that yield a pair, the generated tokens and estimated seconds
-(this run's throughput; with the pipeline's rounds, candidate k only where earlier ones failed), and, for the kept
+rounds would have generated (candidate k only where candidates 0..k-1 failed), so it keeps what that build keeps.
+For each n it prints: titles that yield a pair, the generated tokens and estimated seconds (this run's throughput),
+and, for the kept
 pairs whose two reviews were labelled by reading them
 (tests/data/validity_labels.jsonl, matched by text), the share that are valid reviews of the right polarity.
 
