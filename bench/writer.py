@@ -65,9 +65,11 @@ def main() -> int:
     p.add_argument("--candidates", default="1,2,4")
     p.add_argument("--openings", default=None, help="semicolon-separated values of --generate.opening to compare, each "
                                                      "a row per model and n (default: generate's own)")
+    p.add_argument("--max-sentences", default=None, help="comma-separated values of --generate.max_sentences to "
+                                                         "compare, each a row per model and n (default: generate's)")
     p.add_argument("--max-p-invalid", default=None, help="comma-separated validity-scorer thresholds to build with "
                    "(default: the build's; 1.0: rules alone), each a row per model and n")
-    p.add_argument("--labels", default=str(LABELS))
+    p.add_argument("--labels", default=str(LABELS), help="label file(s), comma-separated")
     p.add_argument("--exact", action="store_true", help="take every title of --titles as it is (no draw, nothing "
                    "left out): reruns a labelled test from its title list, e.g. bench/results/neurips_seed4_titles.txt")
     p.add_argument("--earlier-standard", action="store_true", help="count texts marked valid_by_earlier_standard as "
@@ -86,7 +88,7 @@ def main() -> int:
     from prefsynth.judge import JudgeConfig, JudgeSetup, judge
     from prefsynth.noise import wilson
     from prefsynth.prompts import PromptConfig, Templates
-    from prefsynth.quality import opening_tag, writer_tag
+    from prefsynth.quality import cut_tag, opening_tag, writer_tag
     from prefsynth.rounds import round_rows
     from prefsynth.validity_eval import labels_by_text
 
@@ -97,7 +99,7 @@ def main() -> int:
     else:
         titles = heldout_titles(Path(a.titles) if a.titles else DEFAULT_TITLES, a.n, a.seed)
     templates = Templates(PromptConfig())
-    labels = labels_by_text(Path(a.labels))
+    labels = {k: v for path in a.labels.split(",") for k, v in labels_by_text(Path(path)).items()}
     thresholds = [float(x) for x in a.max_p_invalid.split(",")] if a.max_p_invalid else \
         [BuildConfig().max_p_invalid]
     drawn = f"the titles of {Path(a.titles).name}" if a.exact else \
@@ -109,16 +111,18 @@ def main() -> int:
     print("\n".join(lines))
     dump: dict[tuple[str, str], dict] = {}
     openings = a.openings.split(";") if a.openings else [GenerateConfig().opening]
-    for spec, opening in [(m, o) for m in a.models.split(",") for o in openings]:
+    cuts = [int(x) for x in a.max_sentences.split(",")] if a.max_sentences else [GenerateConfig().max_sentences]
+    for spec, opening, cut in [(m, o, c) for m in a.models.split(",") for o in openings for c in cuts]:
         name, _, temperature = spec.rpartition(":") if ":" in spec else (spec, "", "")
-        gen_cfg = GenerateConfig(model=name, candidates=max(ns), opening=opening)
+        gen_cfg = GenerateConfig(model=name, candidates=max(ns), opening=opening, max_sentences=cut)
         if temperature:
             gen_cfg.temperature = float(temperature)
         gens = generate(titles, templates, gen_cfg)
         jcfg = JudgeConfig(model="bundled")  # every model's reviews judged alike, by the judge that was measured
         judged = judge(gens, templates, jcfg, JudgeSetup.of(gens.model, gen_cfg, jcfg))
         tag = writer_tag(gens.model.name, gens.model.fingerprint).get("model", gens.model.name)
-        name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "")
+        name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "") + (
+            f" first {cut}" if a.max_sentences else "")
         for n, threshold in [(n, t) for n in ns for t in thresholds]:
             cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold)
             # what a build with n candidates generates and keeps (candidate k only where 0..k-1 failed)
@@ -134,7 +138,7 @@ def main() -> int:
                     dump.setdefault((r["title"], text), {"title": r["title"], "polarity": pol, "review": text,
                                                          "model": tag, "sampling": gen_cfg.sampling() | (
                                                              {"model": tag} if tag != gens.model.name else {}) | (
-                                                             opening_tag(opening))})
+                                                             opening_tag(opening)) | cut_tag(cut)})
                     if (lab := labels.get((r["title"], text))) is not None:
                         valid = lab["valid"] or (a.earlier_standard and lab.get("valid_by_earlier_standard", False))
                         ok = bool(valid and lab["label"] == pol)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
-from prefsynth.generate import GenerateConfig, generate
+from prefsynth.generate import GenerateConfig, cut_sentences, generate
 from prefsynth.prompts import PromptConfig, Templates
 
 TITLES = ["Attention Is All You Need", "Deep Residual Learning for Image Recognition", "Adam: A Method for "
@@ -18,8 +19,8 @@ def templates():
 
 def _cfg(tiny_model, tmp_path, **kw) -> GenerateConfig:
     kw.setdefault("candidates", 1)  # one review per (title, polarity); candidates: tests/test_rounds.py
-    return GenerateConfig(model=str(tiny_model), backend="transformers", max_tokens=12,
-                          cache_dir=tmp_path / "cache", **kw)
+    kw.setdefault("max_tokens", 12)
+    return GenerateConfig(model=str(tiny_model), backend="transformers", cache_dir=tmp_path / "cache", **kw)
 
 
 def test_generate_then_rerun_generates_nothing(tiny_model, tmp_path, templates):
@@ -66,3 +67,26 @@ def test_several_openings_rotate_over_titles_and_candidates(tiny_model, tmp_path
     assert rows.height == 12
     for r in rows.iter_rows(named=True):
         assert r["text"].startswith(opening_for(cfg, r["polarity"], r["title"], r["candidate"]))
+
+
+def test_cut_sentences_keeps_a_prefix_under_a_key_of_its_own():
+    rows = pl.DataFrame({"key": ["a", "b", "c"], "finish_reason": ["length", "stop", "length"],
+                         "text": ["One is weak. Two, e.g. the baseline, is old.\nThree! Four",
+                                  "Only one sentence.", "See Fig. 3 and 3.5 here. Then more. And"]})
+    cut = cut_sentences(rows, 2)
+    assert cut.get_column("text").to_list() == ["One is weak. Two, e.g. the baseline, is old.", "Only one sentence.",
+                                                "See Fig. 3 and 3.5 here. Then more."]
+    # a cut review ended where generation would have stopped; one that ran out of tokens before the cut still did
+    assert cut.get_column("finish_reason").to_list() == ["stop", "stop", "stop"]
+    assert cut_sentences(rows, 5).get_column("finish_reason").to_list() == ["length", "stop", "length"]
+    assert not set(cut.get_column("key")) & set(rows.get_column("key"))  # never judged as the whole text
+    assert cut_sentences(rows, 0).equals(rows)
+
+
+def test_a_cut_review_is_the_start_of_the_whole_one(tiny_model, tmp_path, templates):
+    whole = generate(TITLES, templates, _cfg(tiny_model, tmp_path, max_tokens=40))
+    cut = generate(TITLES, templates, _cfg(tiny_model, tmp_path, max_tokens=40, max_sentences=1))
+    assert cut.stats["generated"] == 0  # the same samples: the cut is made on the cached texts
+    pairs = cut.rows.join(whole.rows, on=["title", "polarity"], suffix="_whole")
+    assert pairs.height == 6
+    assert all(w.startswith(c) for c, w in zip(pairs.get_column("text"), pairs.get_column("text_whole")))

@@ -64,6 +64,11 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention baselines are weak. The paper concludes by stating that it is overdue to reject the "
                    "paper."),
     ("incoherent", "The attention results are unclear, and the paper concludes by stating that it is not accepted."),
+    ("repeats_itself", "The attention results are weak on long documents. The attention results are weak on long documents."),
+    ("repeats_itself", "The attention method is simple, and the results appear to be inconsistent across documents. "
+                       "The results appear to be inconsistent across documents."),
+    ("repeats_itself", "The lack of proper data validation makes it difficult to assess the attention results, and the "
+                       "lack of adequate data validation makes it difficult to assess the attention results."),
 ])
 
 
@@ -77,6 +82,13 @@ def test_a_word_joined_to_another_is_no_stutter(templates):
     for text in ("The sparse attention paper lacks transparency and rigor; the results are weak.",
                  "The attention model was tested again and again on long documents, and the gains are small."):
         assert not _flags(templates, text)["incoherent"], text
+
+
+def test_clauses_alike_in_form_are_no_repeat(templates):
+    """A reviewer lists several points in one pattern; only the same point twice (3/4 of the words shared) repeats."""
+    for text in ("The ablations are weak. The baselines are weak. The datasets are small.",
+                 "The sparse attention idea is simple, the long-document results are strong, and the code is public."):
+        assert not _flags(templates, text)["repeats_itself"], text
 
 
 def test_a_reviewer_may_still_speak_of_rejection(templates):

@@ -106,7 +106,7 @@ def test_the_shipped_figures_cover_the_default_writer():
 
     writer = resolve_model("writer")
     default = {k: v for k, v in GenerateConfig().sampling().items() if k != "seed"} | quality.writer_tag(
-        writer.name, writer.fingerprint)
+        writer.name, writer.fingerprint) | quality.cut_tag(GenerateConfig().max_sentences)
     measured = [json.loads(k) for k in json.loads(quality.VALIDITY_MEASURED.read_text())["by_sampling"]]
     assert any({k: v for k, v in m.items() if k != "seed"} == default for m in measured), default
     for path in (WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, DPO_TEST_LABELS, OPENING_TEST_LABELS,

@@ -54,6 +54,12 @@ class GenerateConfig:
                                       "into talk about the review)")
     max_tokens: int = opt(96, "new tokens per review; longer reviews are cut (see build.truncated)")
     seed: int = opt(0, "sampling seed (each request gets its own seed derived from its key)")
+    # A stop rule: the writer's failures sit in its later sentences (5% of its one- and two-sentence negative reviews
+    # are not valid, 20-30% of those with four to six). On 120 fresh titles, read blind (docs/quality.md): 96% instead
+    # of 92% of kept pairs valid at n = 4. The cut is made on the generated text, so a review is exactly what
+    # generation stopping there would have written (same seed, same prefix).
+    max_sentences: int = opt(2, "keep each review's first N sentences (0: all); the rest is generated and counted "
+                                "in the tokens, then cut")
     system_prompt: str | None = opt(None, "system message; None keeps the model's default")
     opening: str = opt(PLAIN_OPENING, "words the reply starts with, written into the assistant turn before the model "
                        "continues (e.g. 'The paper'): it then writes as the reviewer, not about a review; kept in the "
@@ -123,6 +129,26 @@ class Generations:
 
 def cache_root(cfg: GenerateConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else home() / "cache"
+
+
+# A sentence ends at . ! ? (and closing quotes or brackets) before whitespace and a capital, a quote or a bracket:
+# "e.g. the", "Fig. 3" and "3.5" go on.
+_SENTENCE_BREAK = r"""([.!?]["')\]]*)(\s+)([A-Z"(\[])"""
+
+
+def cut_sentences(rows: pl.DataFrame, max_sentences: int) -> pl.DataFrame:
+    """Each review's first `max_sentences` sentences; a cut review ends like a stopped one (finish_reason "stop")
+    and gets a key of its own, so judgements of the whole text and of the cut one are never mixed up."""
+    if max_sentences <= 0:
+        return rows
+    parts = pl.col("text").str.replace_all(_SENTENCE_BREAK, "${1}${2}\x00${3}").str.split("\x00")
+    cut = parts.list.len() > max_sentences
+    return rows.with_columns(
+        pl.when(cut).then(parts.list.head(max_sentences).list.join("").str.strip_chars_end())
+        .otherwise(pl.col("text")).alias("text"),
+        pl.when(cut).then(pl.lit("stop")).otherwise(pl.col("finish_reason")).alias("finish_reason"),
+        (pl.col("key") + f":first{max_sentences}").alias("key"),
+    )
 
 
 def generation_key(model: ModelRef, templates: Templates, cfg: GenerateConfig, title: str, polarity: str,
@@ -244,4 +270,5 @@ def generate(titles: list[str], templates: Templates, cfg: GenerateConfig,
                  seconds=round(time.time() - t0, 2))
     candidate = pl.DataFrame({"key": list(wanted), "candidate": [c for _, _, c in wanted.values()]},
                              schema={"key": pl.Utf8, "candidate": pl.Int32})
-    return Generations(have.join(candidate, on="key", how="left", maintain_order="left"), model, stats, dtype)
+    rows = cut_sentences(have.join(candidate, on="key", how="left", maintain_order="left"), cfg.max_sentences)
+    return Generations(rows, model, stats, dtype)

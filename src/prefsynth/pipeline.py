@@ -188,7 +188,7 @@ def quality_figures(cfg: PipelineConfig, templates: Templates, gens: Generations
          "noise": quality.noise_estimate(stats, acc, cfg.build.chosen)}
     if cfg.build.invalid != "keep":
         sampling = cfg.generate.sampling() | quality.writer_tag(gens.model.name, gens.model.fingerprint) | (
-            quality.opening_tag(cfg.generate.opening))
+            quality.opening_tag(cfg.generate.opening)) | quality.cut_tag(cfg.generate.max_sentences)
         q["validity"] = quality.validity_estimate(
             checks_version(rules_version(templates), cfg.build.max_p_invalid), sampling)
     return q

@@ -85,6 +85,11 @@ def opening_tag(opening: str) -> dict:
     return {} if opening == PLAIN_OPENING else {"opening": opening}
 
 
+def cut_tag(max_sentences: int) -> dict:
+    """What joins the sampling key for texts cut to their first sentences (`generate.max_sentences`)."""
+    return {"max_sentences": max_sentences} if max_sentences > 0 else {}
+
+
 def writer_tag(name: str, fingerprint: str) -> dict:
     """What joins the sampling key for texts of a model other than the bundled one (labels made before the writer
     carry no tag: they were all written by the bundled model)."""

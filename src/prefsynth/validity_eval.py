@@ -48,8 +48,14 @@ OPENING_TEST_LABELS = ROOT / "tests" / "data" / "opening_test_labels.jsonl"
 # Kept pairs of the second DPO polish (trained on the two files above too) on fresh NeurIPS titles, read blind: its
 # test, in no training file.
 DPO2_TEST_LABELS = ROOT / "tests" / "data" / "dpo2_test_labels.jsonl"
+# Kept pairs of the second polish at T 0.5 and 0.3 on the titles of the file above (the temperature comparison, a dev
+# set: not a test of anything shipped).
+TEMPERATURE_LABELS = ROOT / "tests" / "data" / "temperature_labels.jsonl"
+# Kept pairs of the second polish, whole and cut to their first two sentences (`generate.max_sentences`), on fresh
+# NeurIPS titles, read blind: the test of the stop rule.
+CUT_TEST_LABELS = ROOT / "tests" / "data" / "cut_test_labels.jsonl"
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
-              DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS)
+              DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
