@@ -101,8 +101,9 @@ def test_the_shipped_figures_cover_the_default_writer():
     shipped writer (its weights' fingerprint in the tag): the writer's kept reviews of held-out titles, read blind."""
     from prefsynth.generate import GenerateConfig
     from prefsynth.model import resolve_model
-    from prefsynth.validity_eval import (DPO2_TEST_LABELS, DPO_TEST_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS,
-                                         OPENING_TEST_LABELS, WRITER_EVAL_LABELS)
+    from prefsynth.validity_eval import (CUT_TEST_LABELS, DEFAULT_TEST_LABELS, DPO2_TEST_LABELS, DPO_TEST_LABELS,
+                                         NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, OPENING_TEST_LABELS,
+                                         TEMPERATURE_LABELS, WRITER_EVAL_LABELS)
 
     writer = resolve_model("writer")
     default = {k: v for k, v in GenerateConfig().sampling().items() if k != "seed"} | quality.writer_tag(
@@ -110,7 +111,7 @@ def test_the_shipped_figures_cover_the_default_writer():
     measured = [json.loads(k) for k in json.loads(quality.VALIDITY_MEASURED.read_text())["by_sampling"]]
     assert any({k: v for k, v in m.items() if k != "seed"} == default for m in measured), default
     for path in (WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, DPO_TEST_LABELS, OPENING_TEST_LABELS,
-                 DPO2_TEST_LABELS):
+                 DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS, DEFAULT_TEST_LABELS):
         labelled = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         # kept pairs: judge-eval must not score the judge on them
         assert all(r["judge_selected"] for r in labelled), path

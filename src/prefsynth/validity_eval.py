@@ -54,8 +54,11 @@ TEMPERATURE_LABELS = ROOT / "tests" / "data" / "temperature_labels.jsonl"
 # Kept pairs of the second polish, whole and cut to their first two sentences (`generate.max_sentences`), on fresh
 # NeurIPS titles, read blind: the test of the stop rule.
 CUT_TEST_LABELS = ROOT / "tests" / "data" / "cut_test_labels.jsonl"
+# Kept pairs of the shipped default (the cut on) on fresh NeurIPS titles, read blind: its confirmation test.
+DEFAULT_TEST_LABELS = ROOT / "tests" / "data" / "default_test_labels.jsonl"
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
-              DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS)
+              DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS,
+              DEFAULT_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
