@@ -57,6 +57,7 @@ def test_paired_then_unpaired_make_one_dataset(tiny_model, tmp_path):
     manifest = json.loads((out / "prefsynth.json").read_text())
     prov = manifest["configs"]["paired"]["provenance"]
     assert prov["template_hash"] and prov["model_fingerprint"] and prov["sampling"]["seed"] == 0
+    assert prov["sampling"]["max_sentences"] == 2 and "max_sentences=2" in card  # the card says the texts were cut
     assert prov["command"].startswith("prefsynth build") and "--generate.backend transformers" in prov["command"]
 
 

@@ -25,6 +25,7 @@ from prefsynth.generate import GenerateConfig, Generations, cache_root
 from prefsynth.judge import JudgeConfig, Judged
 from prefsynth.prompts import PromptConfig, Templates
 from prefsynth.publish import PublishConfig, publish
+from prefsynth.quality import cut_tag
 from prefsynth.rounds import FanOut, generate_judged
 
 Step = Callable[[Callable[..., Any], str], Callable[..., Any]]
@@ -123,7 +124,9 @@ def provenance(cfg: PipelineConfig, titles: Titles, templates: Templates, gens: 
         # as configured, since the server's machine decides "auto")
         "dtype": gens.dtype or (cfg.generate.dtype if cfg.generate.engine_url else resolve_dtype(cfg.generate.dtype)),
         "template_hash": templates.hash,
-        "sampling": cfg.generate.sampling(), "titles_source": _display_source(cfg.collect.source),
+        # with the stop rule (the texts cut to their first N sentences) when it is on: what a reader of the card needs
+        "sampling": cfg.generate.sampling() | cut_tag(cfg.generate.max_sentences),
+        "titles_source": _display_source(cfg.collect.source),
         "n": len(titles.titles), "collect_seed": cfg.collect.seed, "chosen": cfg.build.chosen,
         "license": cfg.build.license, "command": reproduce_command(cfg), "argv": shlex.join(sys.argv[1:]),
         "packages": package_versions(), "config": {k: v for k, v in to_dict(cfg).items() if k != "publish"},
