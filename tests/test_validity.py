@@ -64,7 +64,8 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention baselines are weak. The paper concludes by stating that it is overdue to reject the "
                    "paper."),
     ("incoherent", "The attention results are unclear, and the paper concludes by stating that it is not accepted."),
-    ("repeats_itself", "The attention results are weak on long documents. The attention results are weak on long documents."),
+    ("repeats_itself", "The attention results are weak on long documents. The attention results are weak on long "
+                       "documents."),
     ("repeats_itself", "The attention method is simple, and the results appear to be inconsistent across documents. "
                        "The results appear to be inconsistent across documents."),
     ("repeats_itself", "The lack of proper data validation makes it difficult to assess the attention results, and the "

@@ -287,6 +287,6 @@ def rules_version(templates: Templates) -> str:
     import hashlib
 
     blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
-                      str(_COPY_N), "repeat5", f"near{_NEAR_WORDS}:{_NEAR_SHARE}", str(_COPY_CONTENT), repr(instruction_words(templates)),
-                      repr(example_phrases(templates))])
+                      str(_COPY_N), "repeat5", f"near{_NEAR_WORDS}:{_NEAR_SHARE}", str(_COPY_CONTENT),
+                      repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
