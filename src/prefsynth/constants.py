@@ -23,3 +23,6 @@ MODE_FOR_CONFIG = {"paired": "dpo", "unpaired": "kto"}
 CONFIG_FOR_MODE = {mode: config for config, mode in MODE_FOR_CONFIG.items()}
 
 DEFAULT_HUB = "https://huggingface.co"
+# Where a sentence ends: . ! ? and any closing quotes or brackets (filters trim cut-off reviews to it; generate's stop
+# rule counts sentences by it).
+SENTENCE_END = r"[.!?][\"')\]]*"

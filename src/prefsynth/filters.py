@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from prefsynth.constants import SENTENCE_END
 from prefsynth.prompts import POLARITIES, Templates
 
 if TYPE_CHECKING:
     from prefsynth.build import BuildConfig
 
 
-_SENTENCE_END = r"[.!?][\"')\]]*"
 
 
 def clean_review(col: pl.Expr) -> pl.Expr:
@@ -32,7 +32,7 @@ def clean_review(col: pl.Expr) -> pl.Expr:
 
 def _trim_to_sentence(col: pl.Expr) -> pl.Expr:
     """Cut text back to its last sentence end; text with no sentence end becomes empty."""
-    return col.str.extract(rf"(?s)^(.*{_SENTENCE_END})", 1).fill_null("").str.strip_chars()
+    return col.str.extract(rf"(?s)^(.*{SENTENCE_END})", 1).fill_null("").str.strip_chars()
 
 
 def _per_row(grams: pl.DataFrame, n_rows: int, agg: pl.Expr) -> pl.Series:

@@ -19,6 +19,7 @@ import polars as pl
 
 from prefsynth.cache import make_key
 from prefsynth.config import opt
+from prefsynth.constants import SENTENCE_END
 from prefsynth.engines import Request, get_backend
 from prefsynth.errors import UserError
 from prefsynth.model import ModelRef, home, resolve_model
@@ -131,9 +132,9 @@ def cache_root(cfg: GenerateConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else home() / "cache"
 
 
-# A sentence ends at . ! ? (and closing quotes or brackets) before whitespace and a capital, a quote or a bracket:
-# "e.g. the", "Fig. 3" and "3.5" go on.
-_SENTENCE_BREAK = r"""([.!?]["')\]]*)(\s+)([A-Z"(\[])"""
+# A sentence break: a sentence end before whitespace and a capital, a quote or a bracket ("e.g. the", "Fig. 3" and
+# "3.5" go on).
+_SENTENCE_BREAK = rf"""({SENTENCE_END})(\s+)([A-Z"(\[])"""
 
 
 def cut_sentences(rows: pl.DataFrame, max_sentences: int) -> pl.DataFrame:
