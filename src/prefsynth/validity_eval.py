@@ -56,9 +56,16 @@ TEMPERATURE_LABELS = ROOT / "tests" / "data" / "temperature_labels.jsonl"
 CUT_TEST_LABELS = ROOT / "tests" / "data" / "cut_test_labels.jsonl"
 # Kept pairs of the shipped default (the cut on) on fresh NeurIPS titles, read blind: its confirmation test.
 DEFAULT_TEST_LABELS = ROOT / "tests" / "data" / "default_test_labels.jsonl"
+# A third DPO polish (trained on the files above too, measured and not shipped: docs/quality.md): side by side with
+# the shipped second polish on fresh NeurIPS titles, then alone on two more draws, read blind with the model hidden.
+POLISH3_TEST_LABELS = ROOT / "tests" / "data" / "polish3_test_labels.jsonl"
+# The third polish at T 0.7 and 0.9 on one more fresh draw (a dev comparison), read blind with T hidden.
+POLISH3_TEMPERATURE_LABELS = ROOT / "tests" / "data" / "polish3_temperature_labels.jsonl"
+# Not here: polish3_partner_labels.jsonl, candidates sampled only for prompts the writer had failed (DPO data of the
+# third polish), not a sample of what a build keeps: they must not join the validity estimate of by_sampling.
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
               DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS,
-              DEFAULT_TEST_LABELS)
+              DEFAULT_TEST_LABELS, POLISH3_TEST_LABELS, POLISH3_TEMPERATURE_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 

@@ -17,7 +17,8 @@ WRITER_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl"
 # The DPO polish also learns from the tests of the writers before it (their rejected texts are its own failures):
 # the SFT writer's, and the first polish's (dpo_test, opening_test). The texts read to test this polish
 # (dpo2_test_labels.jsonl) are in no training file. File order picks the pairs: this is the order the shipped polish
-# (data/writer_dpo) was trained with.
+# (data/writer_dpo) was trained with. A third polish, trained on these and the second's own tests (dpo2_test,
+# temperature, cut_test, default_test, polish3_partner), was measured and not shipped (docs/quality.md).
 DPO_LABELS = tuple(ROOT / "tests" / "data" / f"{name}_labels.jsonl" for name in (
     "neurips_eval", "neurips_test", "scorer_test", "source_variant", "validity", "writer_eval", "dpo_test",
     "opening_test"))
