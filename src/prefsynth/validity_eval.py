@@ -61,11 +61,14 @@ DEFAULT_TEST_LABELS = ROOT / "tests" / "data" / "default_test_labels.jsonl"
 POLISH3_TEST_LABELS = ROOT / "tests" / "data" / "polish3_test_labels.jsonl"
 # The third polish at T 0.7 and 0.9 on one more fresh draw (a dev comparison), read blind with T hidden.
 POLISH3_TEMPERATURE_LABELS = ROOT / "tests" / "data" / "polish3_temperature_labels.jsonl"
+# The shipped default cut to its first sentence and to its first two, side by side on the titles of the file above
+# (read blind with the cut hidden): the test of `generate.max_sentences 1` and a fifth draw of the default.
+CUT1_LABELS = ROOT / "tests" / "data" / "cut1_labels.jsonl"
 # Not here: polish3_partner_labels.jsonl, candidates sampled only for prompts the writer had failed (DPO data of the
 # third polish), not a sample of what a build keeps: they must not join the validity estimate of by_sampling.
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
               DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS,
-              DEFAULT_TEST_LABELS, POLISH3_TEST_LABELS, POLISH3_TEMPERATURE_LABELS)
+              DEFAULT_TEST_LABELS, POLISH3_TEST_LABELS, POLISH3_TEMPERATURE_LABELS, CUT1_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
