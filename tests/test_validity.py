@@ -52,6 +52,8 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention experiments are weak. The paper concludes by stating that it rejects the paper."),
     ("incoherent", "The baselines are old, and the paper concludes by rejecting the paper's own findings."),
     ("wrong_paper", "The sparse attention results are biased towards certain species and climate models."),
+    ("wrong_paper", "The paper's potential lies in its ability to address pressing societal issues and to inspire."),
+    ("wrong_paper", "The sparse attention paper provides insights into human behavior and inspires new research."),
     ("incoherent", "The paper's lack of transparency and lack of transparency make the attention results unclear."),
     ("incoherent", "The attention results raise transparency and transparency issues on long documents."),
     ("meta_talk", "The sparse attention paper shows how a single review can inspire others to explore new ideas."),
@@ -119,6 +121,16 @@ def test_instruction_words_are_what_the_dataset_prompt_lacks(templates):
     # an instruction word used as content ("negative results") is not an echo of the instruction
     assert not _flags(templates, "The paper reports negative results: sparse attention loses on every long "
                                  "document benchmark.")["instruction_echo"]
+
+
+def test_a_subject_the_title_supports_is_not_another_paper(templates):
+    """Society or the human mind is this paper's subject when its title says so; generic impact claims no subject."""
+    assert not _flags(templates, "The paper offers insights into human behavior in crowds.",
+                      title="Modelling Human Behavior in Crowds")["wrong_paper"]
+    assert not _flags(templates, "The paper addresses pressing ethical concerns about biased classifiers.",
+                      title="Fairness Audits for Biased Classifiers")["wrong_paper"]
+    assert not _flags(templates, "The sparse attention paper could have a profound impact on society and is a "
+                                 "testament to human ingenuity.", "positive")["wrong_paper"]
 
 
 def test_quoting_the_title_itself_is_not_another_paper(templates):

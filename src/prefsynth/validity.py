@@ -100,6 +100,18 @@ _OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clini
               "pharmaceutical", "surgery", "ecology", "neuroscience", "education", "teaching", "screening",
               "journal", "health", "disease", "diseases", "crop", "crops", "brain", "storytelling", "urban", "climate",
               "species", "plant", "plants")
+# Subjects a praise formula pins on a paper the title does not support ("address pressing societal issues",
+# "insights into human behavior" for a solver or a segmentation model), each with the title words that do support
+# it. Generic impact ("an impact on society", "human ingenuity") is left alone: it claims no subject.
+_OFF_SUBJECT = (
+    (r"(?i)\b(?:human|people'?s?)\s+(?:behaviou?rs?|minds?|condition|cognition|nature|psychology)\b"
+     r"|(?i)\bhow\s+(?:humans|people|our\s+minds?)\s+(?:think|process\s+information|behave|perceive)\b",
+     r"human|people|person|user|cognit|brain|psych|behavio|mind|crowd|emotion|social"),
+    (r"(?i)\b(?:social|societal|ethical|global|moral|humanitarian)\s+(?:issues?|concerns?|problems?|challenges?"
+     r"|justice)\b|(?i)\b(?:empathy|inclusivity|inclusiveness)\b",
+     r"social|societ|ethic|fair|bias|moral|harm|safe|privacy|toxic|legal|\blaw\b|welfare|justice|climate|global"
+     r"|inclus|divers|empath|emotion"),
+)
 # A text about a paper says so: one of these words, or a content word of the title.
 _PAPER_WORDS = (r"(?i)\b(?:paper|work|study|method|methods|approach|authors?|results?|experiments?|model|models"
                 r"|contributions?|manuscript|submission|analysis|proposed|technique|framework|dataset|benchmarks?"
@@ -185,11 +197,13 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
     phrases = example_phrases(templates)
     copies = norm.str.contains_any([f" {p} " for p in phrases]) if phrases else pl.lit(False)
     # Another paper: a quoted name of four or more words that shares under half its words with the title, or a
-    # field far from machine learning that the title does not mention.
+    # field far from machine learning that the title does not mention, or a subject the title does not support.
     quoted = pl.col(review).str.extract_all(r'["\u201c]([^"\u201c\u201d]{12,200})["\u201d]')
     off_field = pl.lit(False)
     for w in _OFF_FIELD:
         off_field = off_field | (text.str.to_lowercase().str.contains(rf"\b{w}\b") & ~lower_title.str.contains(w, literal=True))
+    for subject, licence in _OFF_SUBJECT:
+        off_field = off_field | (text.str.contains(subject) & ~lower_title.str.contains(licence))
     out = df.with_columns(
         text.str.contains(_AUTHOR).alias("invalid_author_voice"),
         # "the peer review process" is how a reviewer may talk about the paper's venue: not talk about a review
@@ -286,7 +300,7 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), repr(_OFF_SUBJECT),
                       str(_COPY_N), "repeat5", f"near{_NEAR_WORDS}:{_NEAR_SHARE}", str(_COPY_CONTENT),
                       repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
