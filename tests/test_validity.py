@@ -56,6 +56,7 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("wrong_paper", "The sparse attention paper provides insights into human behavior and inspires new research."),
     ("incoherent", "The paper's lack of transparency and lack of transparency make the attention results unclear."),
     ("incoherent", "The attention results raise transparency and transparency issues on long documents."),
+    ("incoherent", "The sparse attention method is overly simplistic and lackreliable on long documents."),
     ("meta_talk", "The sparse attention paper shows how a single review can inspire others to explore new ideas."),
     ("meta_talk", "The sparse attention results are strong. But, as you said, the long documents are few."),
     ("meta_talk", "The attention paper is clear. Here's a possible rewriting of the text that adds more depth:"),
@@ -66,6 +67,7 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("incoherent", "The attention baselines are weak. The paper concludes by stating that it is overdue to reject the "
                    "paper."),
     ("incoherent", "The attention results are unclear, and the paper concludes by stating that it is not accepted."),
+    ("repeats_itself", "The sparse attention paper can make a difference and inspire others to make a difference."),
     ("repeats_itself", "The attention results are weak on long documents. The attention results are weak on long "
                        "documents."),
     ("repeats_itself", "The attention method is simple, and the results appear to be inconsistent across documents. "
@@ -83,6 +85,7 @@ def test_each_reason_fires_on_its_failure(templates, reason, text):
 
 def test_a_word_joined_to_another_is_no_stutter(templates):
     for text in ("The sparse attention paper lacks transparency and rigor; the results are weak.",
+                 "The attention results are lackluster, lacking baselines; the method lacked ablations.",
                  "The attention model was tested again and again on long documents, and the gains are small."):
         assert not _flags(templates, text)["incoherent"], text
 
@@ -90,6 +93,7 @@ def test_a_word_joined_to_another_is_no_stutter(templates):
 def test_clauses_alike_in_form_are_no_repeat(templates):
     """A reviewer lists several points in one pattern; only the same point twice (3/4 of the words shared) repeats."""
     for text in ("The ablations are weak. The baselines are weak. The datasets are small.",
+                 "The sparse attention paper can make a difference and inspire others to explore long documents.",
                  "The sparse attention idea is simple, the long-document results are strong, and the code is public."):
         assert not _flags(templates, text)["repeats_itself"], text
 

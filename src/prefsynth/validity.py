@@ -217,8 +217,8 @@ def validity_flags(df: pl.DataFrame, templates: Templates, review: str = "review
     out = out.with_columns(
         (pl.col("_off_field") | _other_title(out, review, title)).alias("invalid_wrong_paper"),
         (~text.str.contains(_PAPER_WORDS) & ~_shares_title_word(out, review, title)).alias("invalid_not_about_paper"),
-        (_repeats_sentence(text) | _near_repeat(out, review)).alias("invalid_repeats_itself"),
-        (text.str.contains(_INCOHERENT) | _doubled(text)).alias("invalid_incoherent"),
+        (_repeats_sentence(text) | _near_repeat(out, review) | _stock_twice(text)).alias("invalid_repeats_itself"),
+        (text.str.contains(_INCOHERENT) | _doubled(text) | _glued_lack(text)).alias("invalid_incoherent"),
     ).drop("_quoted", "_off_field")
     cols = [f"invalid_{r}" for r in REASONS]
     return out.with_columns(pl.any_horizontal(cols).alias("invalid"))
@@ -235,6 +235,28 @@ def _doubled(text: pl.Expr) -> pl.Expr:
     pairs = text.fill_null("").str.to_lowercase().str.extract_all(_DOUBLED)
     same = pl.element().str.extract(r"^(\w+)") == pl.element().str.extract(r"(\w+)$")
     return pairs.list.eval(same & ~pl.element().str.starts_with("again")).list.any().fill_null(False)
+
+
+# Words that start with "lack" and are words; any other ("lackreliable", "lacktransparency") is two glued together.
+_LACK_WORDS = ("lacks", "lacked", "lacking", "lackluster", "lacklustre", "lackadaisical", "lackey", "lackeys")
+
+
+def _glued_lack(text: pl.Expr) -> pl.Expr:
+    """"lack" glued to the next word ("overly simplistic and lackreliable"): the writer's most common broken word
+    (12 labelled texts, 11 read as not valid; docs/quality.md)."""
+    words = text.fill_null("").str.to_lowercase().str.extract_all(r"\black[a-z]+")
+    return words.list.eval(~pl.element().is_in(list(_LACK_WORDS))).list.any().fill_null(False)
+
+
+# The writer's stock endings; one is praise, the same one twice is the loop ("its ability to make a difference ...
+# inspire others to make a difference too"). Read as repeats since 2026-12-02 (docs/quality.md); earlier labels
+# often accepted it.
+_STOCK = (r"(?i)\b(?:make|makes|making|made)\s+a\s+(?:real\s+|positive\s+|significant\s+|meaningful\s+)?"
+          r"difference\b", r"(?i)\binspir\w*\s+others\b")
+
+
+def _stock_twice(text: pl.Expr) -> pl.Expr:
+    return pl.any_horizontal([text.fill_null("").str.count_matches(p) >= 2 for p in _STOCK])
 
 
 def _repeats_sentence(text: pl.Expr) -> pl.Expr:
@@ -300,7 +322,8 @@ def rules_version(templates: Templates) -> str:
     """Fingerprint of the rules and of what they read from the prompts: measured precision and recall belong to it."""
     import hashlib
 
-    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD), repr(_OFF_SUBJECT),
+    blob = "\0".join([_AUTHOR, _META, _HEARSAY, _INCOHERENT, _DOUBLED, _PAPER_WORDS, _FRAMING, ",".join(_OFF_FIELD),
+                      repr(_OFF_SUBJECT), ",".join(_LACK_WORDS), repr(_STOCK),
                       str(_COPY_N), "repeat5", f"near{_NEAR_WORDS}:{_NEAR_SHARE}", str(_COPY_CONTENT),
                       repr(instruction_words(templates)), repr(example_phrases(templates))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
