@@ -54,6 +54,7 @@ def test_a_plain_review_of_the_paper_is_valid(templates):
     ("wrong_paper", "The sparse attention results are biased towards certain species and climate models."),
     ("wrong_paper", "The paper's potential lies in its ability to address pressing societal issues and to inspire."),
     ("wrong_paper", "The sparse attention paper provides insights into human behavior and inspires new research."),
+    ("wrong_paper", "The sparse attention paper offers insights into how humans make decisions on long documents."),
     ("incoherent", "The paper's lack of transparency and lack of transparency make the attention results unclear."),
     ("incoherent", "The attention results raise transparency and transparency issues on long documents."),
     ("incoherent", "The sparse attention method is overly simplistic and lackreliable on long documents."),

@@ -104,8 +104,10 @@ _OFF_FIELD = ("biology", "biological", "medicine", "medical", "patients", "clini
 # "insights into human behavior" for a solver or a segmentation model), each with the title words that do support
 # it. Generic impact ("an impact on society", "human ingenuity") is left alone: it claims no subject.
 _OFF_SUBJECT = (
-    (r"(?i)\b(?:human|people'?s?)\s+(?:behaviou?rs?|minds?|condition|cognition|nature|psychology)\b"
-     r"|(?i)\bhow\s+(?:humans|people|our\s+minds?)\s+(?:think|process\s+information|behave|perceive)\b",
+    (r"(?i)\b(?:human|people'?s?)\s+(?:behaviou?rs?|minds?|condition|cognition|nature|psychology|perception"
+     r"|decision[- ]making|decisions|performance|capabilities|abilities|training|thinking|thoughts?)\b"
+     r"|(?i)\bhow\s+(?:humans|people|our\s+minds?)\s+(?:think|process\s+information|behave|perceive|make\s+decisions"
+     r"|do\s+things|learn|interact)\b|(?i)\bmarginali[sz]ed\b",
      r"human|people|person|user|cognit|brain|psych|behavio|mind|crowd|emotion|social"),
     (r"(?i)\b(?:social|societal|ethical|global|moral|humanitarian)\s+(?:issues?|concerns?|problems?|challenges?"
      r"|justice)\b|(?i)\b(?:empathy|inclusivity|inclusiveness)\b",
@@ -252,7 +254,7 @@ def _glued_lack(text: pl.Expr) -> pl.Expr:
 # inspire others to make a difference too"). Read as repeats since 2026-12-02 (docs/quality.md); earlier labels
 # often accepted it.
 _STOCK = (r"(?i)\b(?:make|makes|making|made)\s+a\s+(?:real\s+|positive\s+|significant\s+|meaningful\s+)?"
-          r"difference\b", r"(?i)\binspir\w*\s+others\b")
+          r"difference\b", r"(?i)\binspir\w*\s+others\b", r"(?i)\bsources?\s+of\s+inspiration\b")
 
 
 def _stock_twice(text: pl.Expr) -> pl.Expr:
