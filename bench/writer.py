@@ -42,6 +42,9 @@ def seen_titles() -> set[str]:
         seen |= set(json.loads(record.read_text())["titles"]) if record.exists() else set()
     for path in [p for p in {*WRITER_LABELS, *DPO_LABELS, *ALL_LABELS} if p.exists()]:
         seen |= {json.loads(line)["title"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    # ...and every title of an earlier draw, with or without a kept (so labelled) text
+    for path in (ROOT / "bench" / "results").glob("neurips_seed*_titles.txt"):
+        seen |= set(read_titles(path))
     return seen
 
 

@@ -67,14 +67,17 @@ CUT1_LABELS = ROOT / "tests" / "data" / "cut1_labels.jsonl"
 # The shipped default and the third polish at T 0.9 side by side on a sixth fresh draw, read blind with the model
 # hidden; the wrong-paper rule for subjects the title does not support was written after reading it.
 POLISH3_T09_LABELS = ROOT / "tests" / "data" / "polish3_t09_labels.jsonl"
-# The same two on a seventh fresh draw, with that rule on, read blind: the rule's test.
+# The same two on a seventh fresh draw, with that rule on, read blind: the rule's test; then the default alone on 240
+# fresh titles (seed 19), the test of the rules written after the seventh draw.
 RULES_TEST_LABELS = ROOT / "tests" / "data" / "rules_test_labels.jsonl"
+# The default on 240 more fresh titles (seed 20), read blind: the test of the rules widened after seed 19.
+RULES_TEST2_LABELS = ROOT / "tests" / "data" / "rules_test2_labels.jsonl"
 # Not here: polish3_partner_labels.jsonl, candidates sampled only for prompts the writer had failed (DPO data of the
 # third polish), not a sample of what a build keeps: they must not join the validity estimate of by_sampling.
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
               DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS,
               DEFAULT_TEST_LABELS, POLISH3_TEST_LABELS, POLISH3_TEMPERATURE_LABELS, CUT1_LABELS, POLISH3_T09_LABELS,
-              RULES_TEST_LABELS)
+              RULES_TEST_LABELS, RULES_TEST2_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
