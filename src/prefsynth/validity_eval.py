@@ -70,7 +70,8 @@ POLISH3_T09_LABELS = ROOT / "tests" / "data" / "polish3_t09_labels.jsonl"
 # The same two on a seventh fresh draw, with that rule on, read blind: the rule's test; then the default alone on 240
 # fresh titles (seed 19), the test of the rules written after the seventh draw.
 RULES_TEST_LABELS = ROOT / "tests" / "data" / "rules_test_labels.jsonl"
-# The default on 240 more fresh titles (seed 20), read blind: the test of the rules widened after seed 19.
+# The default on 2 x 240 more fresh titles (seeds 20 and 21, pooled), read blind: the test of the rules widened after
+# seed 19.
 RULES_TEST2_LABELS = ROOT / "tests" / "data" / "rules_test2_labels.jsonl"
 # Not here: polish3_partner_labels.jsonl, candidates sampled only for prompts the writer had failed (DPO data of the
 # third polish), not a sample of what a build keeps: they must not join the validity estimate of by_sampling.
