@@ -49,7 +49,7 @@ def seen_titles() -> set[str]:
 
 
 def heldout_titles(source: Path, n: int, seed: int) -> list[str]:
-    """n titles of the source file that no writer saw in training, no reader labelled and no earlier draw had, sorted."""
+    """n titles of the source file that no writer trained on, no reader labelled and no earlier draw had, sorted."""
     seen = seen_titles()
     pool = [t for t in read_titles(source) if t not in seen]
     return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
