@@ -244,8 +244,8 @@ _LACK_WORDS = ("lacks", "lacked", "lacking", "lackluster", "lacklustre", "lackad
 
 
 def _glued_lack(text: pl.Expr) -> pl.Expr:
-    """"lack" glued to the next word ("overly simplistic and lackreliable"): the writer's most common broken word
-    (12 labelled texts, 11 read as not valid; docs/quality.md)."""
+    """The word lack glued to the next one ("overly simplistic and lackreliable"): the writer's most common broken
+    word (12 labelled texts, 11 read as not valid; docs/quality.md)."""
     words = text.fill_null("").str.to_lowercase().str.extract_all(r"\black[a-z]+")
     return words.list.eval(~pl.element().is_in(list(_LACK_WORDS))).list.any().fill_null(False)
 
@@ -258,6 +258,7 @@ _STOCK = (r"(?i)\b(?:make|makes|making|made)\s+a\s+(?:real\s+|positive\s+|signif
 
 
 def _stock_twice(text: pl.Expr) -> pl.Expr:
+    """One of the _STOCK phrases at least twice in the text."""
     return pl.any_horizontal([text.fill_null("").str.count_matches(p) >= 2 for p in _STOCK])
 
 
