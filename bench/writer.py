@@ -72,6 +72,8 @@ def main() -> int:
                                                          "compare, each a row per model and n (default: generate's)")
     p.add_argument("--max-p-invalid", default=None, help="comma-separated validity-scorer thresholds to build with "
                    "(default: the build's; 1.0: rules alone), each a row per model and n")
+    p.add_argument("--prefer-familiar", default=None, help="comma-separated values of --build.prefer_familiar to "
+                   "build with (e.g. true,false), each a row per model and n (default: the build's)")
     p.add_argument("--labels", default=str(LABELS), help="label file(s), comma-separated")
     p.add_argument("--exact", action="store_true", help="take every title of --titles as it is (no draw, nothing "
                    "left out): reruns a labelled test from its title list, e.g. bench/results/neurips_seed4_titles.txt")
@@ -105,6 +107,8 @@ def main() -> int:
     labels = {k: v for path in a.labels.split(",") for k, v in labels_by_text(Path(path)).items()}
     thresholds = [float(x) for x in a.max_p_invalid.split(",")] if a.max_p_invalid else \
         [BuildConfig().max_p_invalid]
+    prefers = [v.strip().lower() in ("1", "true", "yes") for v in a.prefer_familiar.split(",")] \
+        if a.prefer_familiar else [BuildConfig().prefer_familiar]
     drawn = f"the titles of {Path(a.titles).name}" if a.exact else \
         f"held-out titles (seed {a.seed}{', from ' + Path(a.titles).name if a.titles else ''})"
     lines = [f"{len(titles)} {drawn}; "
@@ -126,8 +130,8 @@ def main() -> int:
         tag = writer_tag(gens.model.name, gens.model.fingerprint).get("model", gens.model.name)
         name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "") + (
             f" first {cut}" if a.max_sentences else "")
-        for n, threshold in [(n, t) for n in ns for t in thresholds]:
-            cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold)
+        for n, threshold, prefer in [(n, t, f) for n in ns for t in thresholds for f in prefers]:
+            cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold, prefer_familiar=prefer)
             # what a build with n candidates generates and keeps (candidate k only where 0..k-1 failed)
             rows = round_rows(gens, judged, templates, cfg, n)
             out = build(rows, titles, templates, cfg, judged.scores)
@@ -151,7 +155,8 @@ def main() -> int:
                 if len(found) == 2:
                     labelled += 1
                     good += all(found)
-            shown = name_t + (f" scorer {threshold:g}" if threshold < 1 else " rules only")
+            shown = name_t + (f" scorer {threshold:g}" if threshold < 1 else " rules only") + (
+                f" familiar {'on' if prefer else 'off'}" if a.prefer_familiar else "")
             lo, hi = wilson(good, labelled)
             share = f"{good}/{labelled} = {good / labelled:.0%} [{lo:.0%}, {hi:.0%}]" if labelled else "-"
             tshare = f"{texts_good}/{texts} = {texts_good / texts:.0%}" if texts else "-"

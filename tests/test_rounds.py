@@ -37,7 +37,7 @@ def test_candidates_have_their_own_keys_and_candidate_zero_keeps_the_old_key(tin
 
 def test_a_review_that_passes_gets_no_further_candidate(tiny_model, tmp_path, templates):
     everything_passes = BuildConfig(invalid="keep", inconsistent="keep", truncated="keep", min_chars=0,
-                                    max_repeat=1.0, max_echo=1.0, near_duplicate=1.0)
+                                    max_repeat=1.0, max_echo=1.0, near_duplicate=1.0, prefer_familiar=False)
     gens, judged = generate_judged(TITLES, templates, _gen(tiny_model, tmp_path, 4), JudgeConfig(enabled=False),
                                    everything_passes, plain_step)
     assert judged is None and gens.stats["reviews_per_round"][0] == 4
@@ -69,7 +69,7 @@ def test_round_rows_are_what_the_rounds_generate(tiny_model, tmp_path, templates
     every = generate(TITLES, templates, _gen(tiny_model, tmp_path, 3))  # all 3 candidates of all 4 reviews
     assert every.rows.height == 12
     passes = BuildConfig(invalid="keep", inconsistent="keep", truncated="keep", min_chars=0, max_repeat=1.0,
-                         max_echo=1.0, near_duplicate=1.0, validation_fraction=0.0)
+                         max_echo=1.0, near_duplicate=1.0, validation_fraction=0.0, prefer_familiar=False)
     never = BuildConfig(min_chars=10_000, validation_fraction=0.0)
     for cfg in (passes, never):
         made, _ = generate_judged(TITLES, templates, _gen(tiny_model, tmp_path, 3), JudgeConfig(enabled=False), cfg,

@@ -19,6 +19,7 @@ import polars as pl
 from prefsynth.config import opt
 from prefsynth.constants import CONFIG_NAMES, DEFAULT_OUT, SPLITS
 from prefsynth.errors import UserError
+from prefsynth.familiar import load as familiar_words
 from prefsynth.filters import flag_generations
 from prefsynth.manifest import Manifest
 from prefsynth.pairing import sampled_pairs
@@ -59,6 +60,10 @@ class BuildConfig:
              "prefsynth/validity_scorer.py) gives a higher probability of not being a valid review count as "
              "low_validity_score; 1.0 (the default until its gain is measured on texts read blind) turns it off, "
              "0.15 is the threshold benched in docs/quality.md")
+    prefer_familiar: bool = opt(
+        True, "steered pairing with generate.candidates > 1: a passing candidate with a word neither its title nor "
+              "accepted reviews of other papers use (prefsynth/familiar.py) gets another candidate sampled, and is "
+              "kept only when none without one passes; drops nothing")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
         "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
                 "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")
@@ -254,23 +259,38 @@ def flag_all(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig) -> pl.D
             flagged = flagged.with_columns(pl.col(f"invalid_{r}").alias(f"bad_{r}") for r in reasons)
             flagged = flagged.with_columns(pl.any_horizontal(c for c in flagged.columns if c.startswith("bad_"))
                                            .alias("bad"))
-    return flagged
+    return with_familiarity(flagged, cfg)
+
+
+def with_familiarity(flagged: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
+    """`unfamiliar`: the text uses a word its title does not license and accepted reviews do not use (a
+    preference among candidates, not a filter: prefsynth.familiar). False everywhere when the preference is off."""
+    if not (cfg.prefer_familiar and cfg.pairing == "steered") or not flagged.height:
+        return flagged.with_columns(pl.lit(False).alias("unfamiliar"))
+    known = familiar_words()
+    odd = [bool(known.unfamiliar(r or "", t)) for r, t in zip(flagged.get_column("review").to_list(),
+                                                               flagged.get_column("title").to_list())]
+    return flagged.with_columns(pl.Series("unfamiliar", odd, dtype=pl.Boolean))
 
 
 def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:
-    """One row per (title, polarity): of several candidates, the first that passes every filter, the one judged
-    most clearly of its polarity among those (most negative for a negative review), then the lowest index. With
-    one candidate per review this changes nothing."""
+    """One row per (title, polarity): of several candidates, one that passes every filter; among those, one
+    without unfamiliar words (`with_familiarity`), then the one judged most clearly of its polarity (most negative
+    for a negative review), then the lowest index. With one candidate per review this changes nothing."""
     if "candidate" not in flagged.columns or flagged.get_column("candidate").max() in (None, 0):
         return flagged, {}
     n = int(flagged.get_column("candidate").max()) + 1
     score = pl.col("judge_negative") if "judge_negative" in flagged.columns else pl.lit(0.5)
     side = pl.when(pl.col("polarity") == "negative").then(score).otherwise(1 - score).fill_nan(0.5).fill_null(0.5)
     ok = flagged.group_by("title", "polarity").agg((~pl.col("bad")).any().alias("_ok"))
+    odd = "unfamiliar" if "unfamiliar" in flagged.columns else "bad"  # no column: sorting on bad twice is a no-op
     best = (flagged.with_columns(side.alias("_side"))
-            .sort(["title", "polarity", "bad", "_side", "candidate"], descending=[False, False, False, True, False])
+            .sort(["title", "polarity", "bad", odd, "_side", "candidate"],
+                  descending=[False, False, False, False, True, False])
             .unique(["title", "polarity"], keep="first", maintain_order=True).drop("_side"))
     stats = {"candidates": n, "reviews_with_a_clean_candidate": int(ok.get_column("_ok").sum()),
+             "kept_with_unfamiliar_words": int(best.filter(~pl.col("bad") & pl.col(odd)).height)
+             if odd == "unfamiliar" else 0,
              "reviews_wanted": ok.height, "candidates_clean": int((~flagged.get_column("bad")).sum()),
              "candidates_generated": flagged.height}
     return best, stats

@@ -169,6 +169,14 @@ def cmd_validity_eval(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         scorer.save()
         print(f"validity scorer {scorer.fingerprint} written to data/judge/{SCORER_FILE.name}")
+    if args.familiar:
+        from prefsynth import familiar
+
+        print("\n".join(validity_eval.familiar_check()))
+        data = familiar.write(validity_eval.load_labels().iter_rows(named=True),
+                              [p.name for p in validity_eval.ALL_LABELS])
+        print(f"familiar words: {len(data['papers'])} counted, those in accepted reviews of >= {data['min_titles']} "
+              f"papers are familiar; written to data/judge/{familiar.FAMILIAR_FILE.name}")
     paths = [Path(p) for p in args.labels.split(",") if p.strip()] if args.labels else []
     report = validity_eval.evaluate(validity_eval.load_labels(*paths), Templates(PromptConfig()), args.max_p_invalid)
     for line in validity_eval.lines(report):
@@ -294,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "scorer at this threshold, on the label files it was not fitted on (default: the build's)")
     p.add_argument("--train", action="store_true", help="first fit the validity scorer on the label files read before "
                    "its test (data/judge/validity_scorer.json.gz)")
+    p.add_argument("--familiar", action="store_true", help="first count the familiar words of the accepted reviews "
+                   "(data/judge/familiar_words.json) and measure them on the latest label file")
     p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
                    help="write the figures to data/judge/validity.json, which builds quote (default: true)")
     from prefsynth.generate import GenerateConfig

@@ -33,7 +33,7 @@ def settled(gens: Generations, judged: Judged | None, templates: Templates, cfg:
     if cfg.pairing == "sampled":
         flagged = flagged.join(judged.scores.select("key", "judge_negative"), on="key", how="left")
         return {(t, NEUTRAL) for t in sampled_settled(flagged, cfg.chosen, cfg.min_margin)}
-    ok = ~pl.col("bad")
+    ok = ~pl.col("bad") & ~pl.col("unfamiliar")  # an unfamiliar word: try another candidate (prefsynth.familiar)
     if judged is not None and cfg.inconsistent == "drop":  # the judge's verdict matters only where it drops
         flagged = flagged.join(judged.scores.select("key", "judge_negative"), on="key", how="left")
         side = pl.when(pl.col("polarity") == "negative").then(pl.col("judge_negative") > 0.5) \

@@ -170,6 +170,23 @@ def train_scorer(paths: tuple[Path, ...] = SCORER_LABELS) -> tuple[ValidityScore
     return scorer, out
 
 
+def familiar_check(held_out: Path = RULES_TEST2_LABELS) -> list[str]:
+    """The familiar-words preference measured on one label file with the words counted from all the others: of the
+    texts the rules keep, how many have an unfamiliar word, and how many of those and of the rest a reader rejected."""
+    from prefsynth.familiar import FamiliarWords, count_papers
+
+    others = load_labels(*[p for p in ALL_LABELS if p != held_out])
+    known = FamiliarWords(count_papers(others.iter_rows(named=True)))
+    test = load_labels(held_out)
+    test = test.filter(~validity_flags(test, Templates(PromptConfig())).get_column("invalid"))
+    odd = pl.Series([bool(known.unfamiliar(r, t)) for r, t in zip(test.get_column("review"), test.get_column("title"))])
+    bad = ~test.get_column("valid")
+    return [f"familiar words counted from the other label files, on {held_out.name} ({test.height} texts the rules "
+            f"keep, {int(bad.sum())} not valid by reading):",
+            f"  with an unfamiliar word {int(odd.sum())}, of which not valid {int((odd & bad).sum())}; "
+            f"without one {int((~odd).sum())}, of which not valid {int((~odd & bad).sum())}"]
+
+
 def lines(report: dict) -> list[str]:
     o = report["overall"]
     k, n = report["rule_valid_truly_valid"], report["rule_valid"]
