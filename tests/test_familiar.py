@@ -59,6 +59,9 @@ def test_the_build_prefers_a_passing_candidate_without_unfamiliar_words():
     # none passes without one: the unfamiliar one is kept, not dropped
     best, stats = best_candidates(_flagged([(0, False, True, 0.99), (1, True, False, 0.9)]))
     assert best.get_column("key").to_list() == ["k0"] and stats["kept_with_unfamiliar_words"] == 1
+    # ...nor does it outrank the judge: one judged of the other tone loses to an unfamiliar one judged right
+    best, _ = best_candidates(_flagged([(0, False, False, 0.2), (1, False, True, 0.8)]))
+    assert best.get_column("key").to_list() == ["k1"]
 
 
 @pytest.mark.parametrize("prefer", [True, False])

@@ -274,9 +274,10 @@ def with_familiarity(flagged: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
 
 
 def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:
-    """One row per (title, polarity): of several candidates, one that passes every filter; among those, one
-    without unfamiliar words (`with_familiarity`), then the one judged most clearly of its polarity (most negative
-    for a negative review), then the lowest index. With one candidate per review this changes nothing."""
+    """One row per (title, polarity): of several candidates, one that passes every filter; among those, one the
+    judge puts on its side, then one without unfamiliar words (`with_familiarity`), then the one judged most clearly
+    of its polarity (most negative for a negative review), then the lowest index. With one candidate per review this
+    changes nothing."""
     if "candidate" not in flagged.columns or flagged.get_column("candidate").max() in (None, 0):
         return flagged, {}
     n = int(flagged.get_column("candidate").max()) + 1
@@ -284,10 +285,11 @@ def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, obje
     side = pl.when(pl.col("polarity") == "negative").then(score).otherwise(1 - score).fill_nan(0.5).fill_null(0.5)
     ok = flagged.group_by("title", "polarity").agg((~pl.col("bad")).any().alias("_ok"))
     odd = "unfamiliar" if "unfamiliar" in flagged.columns else "bad"  # no column: sorting on bad twice is a no-op
-    best = (flagged.with_columns(side.alias("_side"))
-            .sort(["title", "polarity", "bad", odd, "_side", "candidate"],
-                  descending=[False, False, False, False, True, False])
-            .unique(["title", "polarity"], keep="first", maintain_order=True).drop("_side"))
+    # judged on the wrong side ranks below an unfamiliar word: the preference never costs a pair the judge keeps
+    best = (flagged.with_columns(side.alias("_side"), (side < 0.5).alias("_wrong"))
+            .sort(["title", "polarity", "bad", "_wrong", odd, "_side", "candidate"],
+                  descending=[False, False, False, False, False, True, False])
+            .unique(["title", "polarity"], keep="first", maintain_order=True).drop("_side", "_wrong"))
     stats = {"candidates": n, "reviews_with_a_clean_candidate": int(ok.get_column("_ok").sum()),
              "kept_with_unfamiliar_words": int(best.filter(~pl.col("bad") & pl.col(odd)).height)
              if odd == "unfamiliar" else 0,
