@@ -91,9 +91,11 @@ def render_card(manifest: Manifest, folder: Path, license: str) -> str:
                       f"fewer than two valid reviews, {y['titles_margin_too_small']} too small a margin."]
         if s.get("candidates"):
             lines += ["", f"Each review is the best of up to {s['candidates']} candidates (a further candidate is "
-                      "sampled only when the earlier ones failed a filter or the judge): "
+                      "sampled only when the earlier ones failed a filter or the judge, or used a word neither "
+                      "the title nor accepted reviews of other papers use): "
                       f"{s.get('candidates_generated')} generated for {s.get('reviews_wanted')} reviews, "
-                      f"{s.get('reviews_with_a_clean_candidate')} of which got one that passed every filter."]
+                      f"{s.get('reviews_with_a_clean_candidate')} of which got one that passed every filter; "
+                      f"{s.get('kept_with_unfamiliar_words', 0)} kept reviews still use such a word."]
         if c.dropped:
             lines += ["", f"The {c.dropped_rows} rows the filters dropped are kept beside the data in "
                       f"`{next(iter(c.dropped))}` with their reasons (`drop_reasons`); no config reads them "
