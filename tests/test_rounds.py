@@ -81,3 +81,19 @@ def test_round_rows_are_what_the_rounds_generate(tiny_model, tmp_path, templates
         every.rows.filter(pl.col("candidate") < 2).get_column("completion_tokens").sum()
     if every.rows.get_column("text").is_duplicated().sum() == 0:  # a copy is the only thing that fails `passes`
         assert round_rows(every, None, templates, passes, 3).get_column("candidate").to_list() == [0, 0, 0, 0]
+
+
+def test_a_later_round_never_makes_an_earlier_candidate_a_copy(templates):
+    """Rounds stop sampling for a settled review, so its text must stay settled: when a new candidate of another
+    title copies it, the new candidate is the copy, whichever title sorts first."""
+    from prefsynth.filters import flag_generations
+    from prefsynth.generate import GEN_SCHEMA
+
+    text = "The evaluation is thin and the baselines are old, so the gains are hard to believe at all."
+    rows = [{"key": f"{t}{c}", "title": t, "polarity": "negative", "candidate": c, "text": text,
+             "prompt_tokens": 10, "completion_tokens": 20, "finish_reason": "stop", "model": "m",
+             "template_hash": "h", "backend": "test"} for t, c in (("B later title", 0), ("A earlier title", 1))]
+    flagged = flag_generations(pl.DataFrame(rows, schema={"key": pl.Utf8, "candidate": pl.Int64, **GEN_SCHEMA}),
+                               templates, BuildConfig())
+    bad = dict(zip(flagged.get_column("key"), flagged.get_column("bad_duplicate")))
+    assert bad == {"B later title0": False, "A earlier title1": True}

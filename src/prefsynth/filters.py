@@ -106,7 +106,9 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
         (pl.col("review").str.len_chars() < cfg.min_chars).alias("bad_empty"),
     )
     # Every n-gram feature below comes from one pass over the words, in the final (deterministic) row order.
-    df = df.sort("title", "polarity")
+    # Candidates of earlier rounds come first: a copy is always the later text, so a round never turns a review an
+    # earlier round settled into a copy of its own new candidate (prefsynth.rounds samples no more for that review).
+    df = df.sort([c for c in ("candidate", "title", "polarity") if c in df.columns])
     words = _words(df.get_column("review"))
     grams3, grams4 = _ngrams(words, 3), _ngrams(words, _ECHO_N)
     # Echo: the review repeats a few-shot example (or the instruction) verbatim. The example sentences are the
@@ -126,7 +128,7 @@ def flag_generations(gens: pl.DataFrame, templates: Templates, cfg: BuildConfig)
     df = df.with_columns(pl.Series("repeat_share", repeat).cast(pl.Float32))
     df = df.with_columns((pl.col("repeat_share") > cfg.max_repeat).alias("bad_repetitive"))
     df = df.with_columns((truncated & (cfg.truncated == "drop")).alias("bad_truncated"))
-    # Duplicates across titles: the first occurrence (in the sorted order) stays.
+    # Duplicates across titles: the first occurrence (in the sorted order: earliest round first) stays.
     norm = pl.col("review").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
     df = df.with_columns(norm.is_duplicated().and_(norm.is_first_distinct().not_()).alias("bad_duplicate"))
     near = _near_duplicate_of_earlier(grams3, df.height, cfg.near_duplicate)
