@@ -70,15 +70,18 @@ POLISH3_T09_LABELS = ROOT / "tests" / "data" / "polish3_t09_labels.jsonl"
 # The same two on a seventh fresh draw, with that rule on, read blind: the rule's test; then the default alone on 240
 # fresh titles (seed 19), the test of the rules written after the seventh draw.
 RULES_TEST_LABELS = ROOT / "tests" / "data" / "rules_test_labels.jsonl"
-# The default on 2 x 240 more fresh titles (seeds 20 and 21, pooled), read blind: the test of the rules widened after
-# seed 19.
+# The default on 3 x 240 more fresh titles (seeds 20, 21 and 22, pooled), read blind: the test of the rules widened
+# after seed 19.
 RULES_TEST2_LABELS = ROOT / "tests" / "data" / "rules_test2_labels.jsonl"
+# The default with the familiar-words preference on and off on 3 x 240 more fresh titles (seeds 23-25), every kept
+# text of both read blind in one shuffled pass: the preference's test (bench/results/familiar_test_plan.md).
+FAMILIAR_TEST_LABELS = ROOT / "tests" / "data" / "familiar_test_labels.jsonl"
 # Not here: polish3_partner_labels.jsonl, candidates sampled only for prompts the writer had failed (DPO data of the
 # third polish), not a sample of what a build keeps: they must not join the validity estimate of by_sampling.
 ALL_LABELS = (LABELS, WRITER_EVAL_LABELS, NEURIPS_EVAL_LABELS, NEURIPS_TEST_LABELS, SCORER_TEST_LABELS,
               DPO_TEST_LABELS, OPENING_TEST_LABELS, DPO2_TEST_LABELS, TEMPERATURE_LABELS, CUT_TEST_LABELS,
               DEFAULT_TEST_LABELS, POLISH3_TEST_LABELS, POLISH3_TEMPERATURE_LABELS, CUT1_LABELS, POLISH3_T09_LABELS,
-              RULES_TEST_LABELS, RULES_TEST2_LABELS)
+              RULES_TEST_LABELS, RULES_TEST2_LABELS, FAMILIAR_TEST_LABELS)
 # What `validity-eval --train` fits the validity scorer on: every label file read before its test.
 SCORER_LABELS = (*WRITER_LABELS, NEURIPS_TEST_LABELS)
 
@@ -171,18 +174,19 @@ def train_scorer(paths: tuple[Path, ...] = SCORER_LABELS) -> tuple[ValidityScore
 
 
 def familiar_check(held_out: Path = RULES_TEST2_LABELS) -> list[str]:
-    """The familiar-words preference measured on one label file with the words counted from all the others: of the
-    texts the rules keep, how many have an unfamiliar word, and how many of those and of the rest a reader rejected."""
+    """The familiar-words preference measured on one label file with the words counted from the files read before it
+    (as the preference was designed): of the texts the rules keep, how many have an unfamiliar word, and how many of
+    those and of the rest a reader rejected."""
     from prefsynth.familiar import FamiliarWords, count_papers
 
-    others = load_labels(*[p for p in ALL_LABELS if p != held_out])
+    others = load_labels(*ALL_LABELS[:ALL_LABELS.index(held_out)])
     known = FamiliarWords(count_papers(others.iter_rows(named=True)))
     test = load_labels(held_out)
     test = test.filter(~validity_flags(test, Templates(PromptConfig())).get_column("invalid"))
     odd = pl.Series([bool(known.unfamiliar(r, t)) for r, t in zip(test.get_column("review"), test.get_column("title"))])
     bad = ~test.get_column("valid")
-    return [f"familiar words counted from the other label files, on {held_out.name} ({test.height} texts the rules "
-            f"keep, {int(bad.sum())} not valid by reading):",
+    return [f"familiar words counted from the label files read before {held_out.name}, on it ({test.height} texts "
+            f"the rules keep, {int(bad.sum())} not valid by reading):",
             f"  with an unfamiliar word {int(odd.sum())}, of which not valid {int((odd & bad).sum())}; "
             f"without one {int((~odd).sum())}, of which not valid {int((~odd & bad).sum())}"]
 
