@@ -47,6 +47,17 @@ def test_shipped_words_are_the_labels_counted():
     assert known.unfamiliar(ODD, TITLE) == ["ancient", "timeless"]
 
 
+def test_columns_are_flagged_as_text_by_text():
+    """The build's vectorised check agrees with the per-text one on every labelled text (and on empty ones)."""
+    labels = load_labels()
+    known = familiar.load()
+    reviews = pl.concat([labels.get_column("review"), pl.Series(["", "It is ok."])])
+    titles = pl.concat([labels.get_column("title"), pl.Series(["X", "Y"])])
+    expected = [bool(known.unfamiliar(r, t)) for r, t in zip(reviews, titles)]
+    assert known.any_unfamiliar(reviews, titles).to_list() == expected
+    assert 0 < sum(expected) < len(expected)
+
+
 def _flagged(rows: list[tuple[int, bool, bool, float]]) -> pl.DataFrame:
     """(candidate, bad, unfamiliar, judge_negative) of one negative review."""
     return pl.DataFrame([{"title": "t", "polarity": "negative", "key": f"k{c}", "candidate": c, "bad": bad,

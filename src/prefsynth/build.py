@@ -267,10 +267,8 @@ def with_familiarity(flagged: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
     preference among candidates, not a filter: prefsynth.familiar). False everywhere when the preference is off."""
     if not (cfg.prefer_familiar and cfg.pairing == "steered") or not flagged.height:
         return flagged.with_columns(pl.lit(False).alias("unfamiliar"))
-    known = familiar_words()
-    odd = [bool(known.unfamiliar(r or "", t)) for r, t in zip(flagged.get_column("review").to_list(),
-                                                               flagged.get_column("title").to_list())]
-    return flagged.with_columns(pl.Series("unfamiliar", odd, dtype=pl.Boolean))
+    odd = familiar_words().any_unfamiliar(flagged.get_column("review"), flagged.get_column("title"))
+    return flagged.with_columns(odd.alias("unfamiliar"))
 
 
 def best_candidates(flagged: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+import polars as pl
+
 from prefsynth.constants import ROOT
 from prefsynth.fsutil import atomic_write_text
 
@@ -60,10 +62,26 @@ def count_papers(rows: Iterable[dict]) -> dict[str, int]:
 class FamiliarWords:
     def __init__(self, papers: dict[str, int], min_titles: int = MIN_TITLES):
         self.known = frozenset(w for w, n in papers.items() if n >= min_titles)
+        self._known = pl.Series(sorted(self.known), dtype=pl.Utf8)
 
     def unfamiliar(self, review: str, title: str) -> list[str]:
         own = licensed(title)
         return sorted(w for w in words_of(review) if w not in self.known and w[:STEM] not in own)
+
+    def any_unfamiliar(self, reviews: pl.Series, titles: pl.Series) -> pl.Series:
+        """`unfamiliar(review, title)` is not empty, for whole columns at once (no per-row Python: the build stays
+        vectorised)."""
+        def tokens(col: pl.Series, name: str) -> pl.DataFrame:
+            return (pl.DataFrame({name: col.fill_null("").str.to_lowercase().str.extract_all(_WORD.pattern)})
+                    .with_row_index("_row").explode(name).drop_nulls(name))
+
+        words = tokens(reviews, "_w").filter(pl.col("_w").str.len_chars() >= MIN_LEN)
+        words = words.filter(~pl.col("_w").is_in(self._known.implode()))
+        own = tokens(titles, "_t").select("_row", pl.col("_t").str.slice(0, STEM).alias("_s")).unique()
+        odd = words.with_columns(pl.col("_w").str.slice(0, STEM).alias("_s")).join(own, on=["_row", "_s"],
+                                                                                   how="anti")
+        rows = odd.get_column("_row").unique().implode()
+        return pl.select(pl.int_range(len(reviews), dtype=pl.UInt32).is_in(rows)).to_series().alias("unfamiliar")
 
 
 @lru_cache(maxsize=4)
