@@ -29,7 +29,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="23,24,25", help="draws: bench/results/neurips_seed<S>_titles.txt")
     p.add_argument("--candidates", default="2,4")
-    p.add_argument("--labels", default=str(ROOT / "tests" / "data" / "familiar_test_labels.jsonl"))
+    p.add_argument("--labels", default=str(ROOT / "tests" / "data" / "familiar_test_labels.jsonl"),
+                   help="the blind labels of the draws; the familiar words are counted from the label files read "
+                        "before this one, as they stood when the draws were tested (the shipped counts include "
+                        "these labels, which would flatter the preference)")
     a = p.parse_args()
 
     from prefsynth.build import BuildConfig, build
@@ -40,7 +43,13 @@ def main() -> int:
     from prefsynth.prompts import PromptConfig, Templates
     from prefsynth.rounds import round_rows
 
+    import tempfile
+
+    from prefsynth.validity_eval import ALL_LABELS, familiar_file_before
+
     quiet_libraries()
+    held_out = next(p for p in ALL_LABELS if p.name == Path(a.labels).name)
+    words = familiar_file_before(held_out, Path(tempfile.mkdtemp(prefix="familiar-")) / "familiar_words.json")
     labels = {(r["title"], r["review"]): r for r in map(json.loads, Path(a.labels).read_text().splitlines())}
     templates = Templates(PromptConfig())
     ns = [int(x) for x in a.candidates.split(",")]
@@ -54,7 +63,7 @@ def main() -> int:
         for n in ns:
             good: dict[str, dict[bool, bool | None]] = {}
             for prefer in (True, False):
-                cfg = BuildConfig(validation_fraction=0.0, prefer_familiar=prefer)
+                cfg = BuildConfig(validation_fraction=0.0, prefer_familiar=prefer, familiar_words=words)
                 kept = build(round_rows(gens, judged, templates, cfg, n), titles, templates, cfg,
                              judged.scores).frames["paired"]["train"]
                 for r in kept.iter_rows(named=True):

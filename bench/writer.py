@@ -74,6 +74,9 @@ def main() -> int:
                    "(default: the build's; 1.0: rules alone), each a row per model and n")
     p.add_argument("--prefer-familiar", default=None, help="comma-separated values of --build.prefer_familiar to "
                    "build with (e.g. true,false), each a row per model and n (default: the build's)")
+    p.add_argument("--familiar-before", default=None, metavar="LABEL_FILE", help="build with the familiar words "
+                   "counted from the label files read before this one (as they stood when its draw was tested) "
+                   "instead of the shipped counts, e.g. familiar_test_labels.jsonl")
     p.add_argument("--labels", default=str(LABELS), help="label file(s), comma-separated")
     p.add_argument("--exact", action="store_true", help="take every title of --titles as it is (no draw, nothing "
                    "left out): reruns a labelled test from its title list, e.g. bench/results/neurips_seed4_titles.txt")
@@ -107,6 +110,15 @@ def main() -> int:
     labels = {k: v for path in a.labels.split(",") for k, v in labels_by_text(Path(path)).items()}
     thresholds = [float(x) for x in a.max_p_invalid.split(",")] if a.max_p_invalid else \
         [BuildConfig().max_p_invalid]
+    familiar_words = {}
+    if a.familiar_before:
+        import tempfile
+
+        from prefsynth.validity_eval import ALL_LABELS, familiar_file_before
+
+        held_out = next(p for p in ALL_LABELS if p.name == Path(a.familiar_before).name)
+        familiar_words = {"familiar_words": familiar_file_before(
+            held_out, Path(tempfile.mkdtemp(prefix="familiar-")) / "familiar_words.json")}
     prefers = [v.strip().lower() in ("1", "true", "yes") for v in a.prefer_familiar.split(",")] \
         if a.prefer_familiar else [BuildConfig().prefer_familiar]
     drawn = f"the titles of {Path(a.titles).name}" if a.exact else \
@@ -131,7 +143,8 @@ def main() -> int:
         name_t = f"{gens.model.name} T {gen_cfg.temperature}" + (f" opening {opening!r}" if a.openings else "") + (
             f" first {cut}" if a.max_sentences else "")
         for n, threshold, prefer in [(n, t, f) for n in ns for t in thresholds for f in prefers]:
-            cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold, prefer_familiar=prefer)
+            cfg = BuildConfig(validation_fraction=0.0, max_p_invalid=threshold, prefer_familiar=prefer,
+                              **familiar_words)
             # what a build with n candidates generates and keeps (candidate k only where 0..k-1 failed)
             rows = round_rows(gens, judged, templates, cfg, n)
             out = build(rows, titles, templates, cfg, judged.scores)

@@ -87,3 +87,20 @@ def test_an_unfamiliar_passing_candidate_does_not_settle_its_review(prefer):
     assert flagged.get_column("unfamiliar").to_list() == [False, prefer]
     expected = {(TITLE, "negative")} | (set() if prefer else {(TITLE, "positive")})
     assert settled(gens, None, templates, cfg) == expected
+
+
+def test_a_bad_words_file_is_one_clear_error_and_the_build_records_which_words_it_used(tmp_path):
+    from test_build import gens, titles
+
+    from prefsynth.build import build
+    from prefsynth.errors import UserError
+
+    templates = Templates(PromptConfig())
+    rows = pl.concat([gens(titles(4)).with_columns(pl.lit(c).alias("candidate"), pl.col("key") + str(c))
+                      for c in (0, 1)])
+    out = build(rows, titles(4), templates, BuildConfig(validation_fraction=0.0, inconsistent="keep"))
+    assert out.stats["familiar_words"] == familiar.load().fingerprint
+    (tmp_path / "words.json").write_text("{not json")
+    for path in (tmp_path / "missing.json", tmp_path / "words.json"):
+        with pytest.raises(UserError, match="build.familiar_words: .* is not a familiar-words file"):
+            with_familiarity(pl.DataFrame({"title": [TITLE], "review": [ODD]}), BuildConfig(familiar_words=path))

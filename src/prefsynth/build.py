@@ -19,6 +19,7 @@ import polars as pl
 from prefsynth.config import opt
 from prefsynth.constants import CONFIG_NAMES, DEFAULT_OUT, SPLITS
 from prefsynth.errors import UserError
+from prefsynth.familiar import FAMILIAR_FILE
 from prefsynth.familiar import load as familiar_words
 from prefsynth.filters import flag_generations
 from prefsynth.manifest import Manifest
@@ -64,6 +65,8 @@ class BuildConfig:
         True, "steered pairing with generate.candidates > 1: a passing candidate with a word neither its title nor "
               "accepted reviews of other papers use (prefsynth/familiar.py) gets another candidate sampled, and is "
               "kept only when none without one passes; drops nothing")
+    familiar_words: Path = opt(FAMILIAR_FILE, "the word counts prefer_familiar reads (`prefsynth validity-eval "
+                                              "--familiar` counts them from hand-read labels of the default writer)")
     inconsistent: Literal["drop", "flag", "keep"] = opt(
         "drop", "pairs whose judged polarity contradicts the labels (the chosen review not judged "
                 "chosen-polarity, or the rejected one not judged the other): drop, keep with a flag, or ignore")
@@ -147,6 +150,8 @@ def build(gens: pl.DataFrame, titles: list[str], templates: Templates, cfg: Buil
              .join(split_df, on="title", how="left"))
     stats: dict[str, object] = {"titles": len(titles), "pairs_generated": pairs.height, **candidate_stats,
                                 "validity_seconds": round(flag_seconds, 3)}
+    if cfg.prefer_familiar and cfg.pairing == "steered" and candidate_stats:
+        stats["familiar_words"] = familiar_words(Path(cfg.familiar_words)).fingerprint
     drops: dict[str, int] = {}
     if cfg.pairing == "sampled":  # the filters acted on candidates; a title is what fails to make a pair
         drops["no_pair"] = len(titles) - pairs.height
@@ -267,7 +272,7 @@ def with_familiarity(flagged: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
     preference among candidates, not a filter: prefsynth.familiar). False everywhere when the preference is off."""
     if not (cfg.prefer_familiar and cfg.pairing == "steered") or not flagged.height:
         return flagged.with_columns(pl.lit(False).alias("unfamiliar"))
-    odd = familiar_words().any_unfamiliar(flagged.get_column("review"), flagged.get_column("title"))
+    odd = familiar_words(Path(cfg.familiar_words)).any_unfamiliar(flagged.get_column("review"), flagged.get_column("title"))
     return flagged.with_columns(odd.alias("unfamiliar"))
 
 

@@ -20,6 +20,7 @@ without, 20 titles better and 4 worse (sign test p = 0.0015), for 7.6% more toke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from prefsynth.constants import ROOT
+from prefsynth.errors import UserError
 from prefsynth.fsutil import atomic_write_text
 
 FAMILIAR_FILE = ROOT / "data" / "judge" / "familiar_words.json"
@@ -63,6 +65,8 @@ class FamiliarWords:
     def __init__(self, papers: dict[str, int], min_titles: int = MIN_TITLES):
         self.known = frozenset(w for w, n in papers.items() if n >= min_titles)
         self._known = pl.Series(sorted(self.known), dtype=pl.Utf8)
+        # which words a build treated as familiar: recorded in its stats, since the counts grow with the labels
+        self.fingerprint = hashlib.sha256("\n".join(sorted(self.known)).encode()).hexdigest()[:12]
 
     def unfamiliar(self, review: str, title: str) -> list[str]:
         own = licensed(title)
@@ -86,8 +90,13 @@ class FamiliarWords:
 
 @lru_cache(maxsize=4)
 def load(path: Path = FAMILIAR_FILE) -> FamiliarWords:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return FamiliarWords(data["papers"], data["min_titles"])
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return FamiliarWords(data["papers"], data["min_titles"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"build.familiar_words: {path} is not a familiar-words file ({type(e).__name__}); "
+                        f"`prefsynth validity-eval --familiar` writes one, `--build.prefer_familiar false` "
+                        f"turns the preference off") from None
 
 
 def write(rows: Iterable[dict], files: list[str], path: Path = FAMILIAR_FILE) -> dict:

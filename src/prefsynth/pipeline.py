@@ -20,6 +20,7 @@ from prefsynth.card import package_versions
 from prefsynth.write import WriteResult, write_dataset
 from prefsynth.collect import CollectConfig, Titles, collect
 from prefsynth.config import opt, to_dict
+from prefsynth.familiar import load as familiar_words
 from prefsynth.fsutil import FileLock, check_writable_dir
 from prefsynth.generate import GenerateConfig, Generations, cache_root
 from prefsynth.judge import JudgeConfig, Judged
@@ -148,6 +149,8 @@ def run(cfg: PipelineConfig, step: Step = plain_step, fan_out: FanOut | None = N
     out = check_writable_dir(cfg.build.out, "output")
     if cfg.publish.repo_id:
         cfg.publish.validate()  # a bad repo id should fail before an hour of generation, not after
+    if cfg.build.prefer_familiar and cfg.generate.candidates > 1:
+        familiar_words(Path(cfg.build.familiar_words))  # likewise a bad word-count file (one clear line)
     templates = step(lambda c: Templates(c), "prompts")(cfg.prompts)
     titles = step(collect, "collect")(cfg.collect)
     # One build per cache at a time: two runs would otherwise generate the same missing reviews twice.

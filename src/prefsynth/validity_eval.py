@@ -173,6 +173,16 @@ def train_scorer(paths: tuple[Path, ...] = SCORER_LABELS) -> tuple[ValidityScore
     return scorer, out
 
 
+def familiar_file_before(held_out: Path, path: Path) -> Path:
+    """Write to `path` the familiar words counted from the label files read before `held_out`: the counts a build
+    used before those labels existed (the benches rerun a test with them, `--build.familiar_words`)."""
+    from prefsynth import familiar
+
+    before = ALL_LABELS[:ALL_LABELS.index(held_out)]
+    familiar.write(load_labels(*before).iter_rows(named=True), [p.name for p in before], path)
+    return path
+
+
 def familiar_check(held_out: Path = RULES_TEST2_LABELS) -> list[str]:
     """The familiar-words preference measured on one label file with the words counted from the files read before it
     (as the preference was designed): of the texts the rules keep, how many have an unfamiliar word, and how many of
