@@ -43,13 +43,10 @@ def main() -> int:
     from prefsynth.prompts import PromptConfig, Templates
     from prefsynth.rounds import round_rows
 
-    import tempfile
-
-    from prefsynth.validity_eval import ALL_LABELS, familiar_file_before
+    from prefsynth.validity_eval import familiar_file_before
 
     quiet_libraries()
-    held_out = next(p for p in ALL_LABELS if p.name == Path(a.labels).name)
-    words = familiar_file_before(held_out, Path(tempfile.mkdtemp(prefix="familiar-")) / "familiar_words.json")
+    words = familiar_file_before(a.labels)
     labels = {(r["title"], r["review"]): r for r in map(json.loads, Path(a.labels).read_text().splitlines())}
     templates = Templates(PromptConfig())
     ns = [int(x) for x in a.candidates.split(",")]

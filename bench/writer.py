@@ -110,15 +110,9 @@ def main() -> int:
     labels = {k: v for path in a.labels.split(",") for k, v in labels_by_text(Path(path)).items()}
     thresholds = [float(x) for x in a.max_p_invalid.split(",")] if a.max_p_invalid else \
         [BuildConfig().max_p_invalid]
-    familiar_words = {}
-    if a.familiar_before:
-        import tempfile
+    from prefsynth.validity_eval import familiar_file_before
 
-        from prefsynth.validity_eval import ALL_LABELS, familiar_file_before
-
-        held_out = next(p for p in ALL_LABELS if p.name == Path(a.familiar_before).name)
-        familiar_words = {"familiar_words": familiar_file_before(
-            held_out, Path(tempfile.mkdtemp(prefix="familiar-")) / "familiar_words.json")}
+    familiar_words = {"familiar_words": familiar_file_before(a.familiar_before)} if a.familiar_before else {}
     prefers = [v.strip().lower() in ("1", "true", "yes") for v in a.prefer_familiar.split(",")] \
         if a.prefer_familiar else [BuildConfig().prefer_familiar]
     drawn = f"the titles of {Path(a.titles).name}" if a.exact else \

@@ -272,7 +272,8 @@ def with_familiarity(flagged: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
     preference among candidates, not a filter: prefsynth.familiar). False everywhere when the preference is off."""
     if not (cfg.prefer_familiar and cfg.pairing == "steered") or not flagged.height:
         return flagged.with_columns(pl.lit(False).alias("unfamiliar"))
-    odd = familiar_words(Path(cfg.familiar_words)).any_unfamiliar(flagged.get_column("review"), flagged.get_column("title"))
+    known = familiar_words(Path(cfg.familiar_words))
+    odd = known.any_unfamiliar(flagged.get_column("review"), flagged.get_column("title"))
     return flagged.with_columns(odd.alias("unfamiliar"))
 
 

@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="first fit the validity scorer on the label files read before "
                    "its test (data/judge/validity_scorer.json.gz)")
     p.add_argument("--familiar", action="store_true", help="first count the familiar words of the accepted reviews "
-                   "(data/judge/familiar_words.json) and measure them on the latest label file")
+                   "(data/judge/familiar_words.json), after measuring them on seeds 20-22 with the words counted "
+                   "from the label files read before those")
     p.add_argument("--write", type=lambda v: v.lower() in ("1", "true", "yes"), default=True, metavar="BOOL",
                    help="write the figures to data/judge/validity.json, which builds quote (default: true)")
     from prefsynth.generate import GenerateConfig

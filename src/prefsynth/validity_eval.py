@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from prefsynth.constants import ROOT
+from prefsynth.errors import UserError
 from prefsynth.fsutil import atomic_write_text
 from prefsynth.noise import wilson
 from prefsynth.prompts import PromptConfig, Templates
@@ -173,12 +174,19 @@ def train_scorer(paths: tuple[Path, ...] = SCORER_LABELS) -> tuple[ValidityScore
     return scorer, out
 
 
-def familiar_file_before(held_out: Path, path: Path) -> Path:
-    """Write to `path` the familiar words counted from the label files read before `held_out`: the counts a build
-    used before those labels existed (the benches rerun a test with them, `--build.familiar_words`)."""
+def familiar_file_before(held_out: str, path: Path | None = None) -> Path:
+    """Write the familiar words counted from the label files read before the one named `held_out` (to `path`, or a
+    temporary file): the counts builds used before those labels existed, for the benches that rerun its test
+    (`--build.familiar_words`)."""
+    import tempfile
+
     from prefsynth import familiar
 
-    before = ALL_LABELS[:ALL_LABELS.index(held_out)]
+    names = [p.name for p in ALL_LABELS]
+    if Path(held_out).name not in names:
+        raise UserError(f"{held_out}: not a label file of validity_eval.ALL_LABELS ({', '.join(names)})")
+    before = ALL_LABELS[:names.index(Path(held_out).name)]
+    path = path or Path(tempfile.mkdtemp(prefix="familiar-")) / "familiar_words.json"
     familiar.write(load_labels(*before).iter_rows(named=True), [p.name for p in before], path)
     return path
 
